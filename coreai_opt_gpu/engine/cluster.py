@@ -1,0 +1,59 @@
+"""Engine entry point: cluster G blocks [G, N, D] into LUTs [G, K, D] and indices [G, N]."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from coreai_opt_gpu import reference
+
+
+@dataclass(frozen=True)
+class Clustering:
+    """Result of clustering G blocks: LUT [G, K, D], indices [G, N] uint8, inertia [G]."""
+
+    lut: torch.Tensor
+    indices: torch.Tensor
+    inertia: torch.Tensor
+
+
+def check_blocks(blocks: torch.Tensor, n_bits: int, weights: torch.Tensor | None) -> None:
+    """Raise ValueError for input the engine cannot cluster, saying what is wrong."""
+    if blocks.dim() != 3 or 0 in blocks.shape:
+        raise ValueError(f"blocks must be a non-empty [G, N, D] tensor, got {list(blocks.shape)}")
+    if not 1 <= n_bits <= 8:
+        raise ValueError(f"n_bits={n_bits} is not supported; allowed: 1..8")
+    if not torch.isfinite(blocks).all():
+        bad = (~torch.isfinite(blocks)).flatten(1).any(1).nonzero().flatten()[:5].tolist()
+        raise ValueError(f"blocks contain NaN or inf (first blocks affected: {bad})")
+    if weights is not None and (weights.shape != blocks.shape[:2] or (weights < 0).any()):
+        raise ValueError(
+            f"weights must be non-negative [G, N] = {list(blocks.shape[:2])}, got "
+            f"{list(weights.shape)}"
+        )
+
+
+def cluster_blocks(
+    blocks: torch.Tensor, n_bits: int, weights: torch.Tensor | None = None, max_iter: int = 100
+) -> Clustering:
+    """k-means with K = 2^n_bits of every block at once; results on the blocks' device.
+
+    blocks [G, N, D] float, weights [G, N] (sample weights) or None.
+    Scalar blocks (D = 1) run batched Lloyd on sorted prefix sums.
+    """
+    check_blocks(blocks, n_bits, weights)
+    g, n, d = blocks.shape
+    if d != 1:
+        raise ValueError(
+            f"cluster_dim={d}: vector palettization is not available yet; supported: cluster_dim=1"
+        )
+    x = blocks.detach().reshape(g, n).to("cpu", torch.float32).numpy()
+    w = None if weights is None else weights.detach().to("cpu", torch.float64).numpy()
+    lut, indices, inertia = reference.kmeans_1d(x, 2**n_bits, w, max_iter)
+    device = blocks.device
+    return Clustering(
+        lut=torch.from_numpy(lut).reshape(g, -1, 1).to(device),
+        indices=torch.from_numpy(indices).to(device),
+        inertia=torch.from_numpy(inertia).to(device),
+    )

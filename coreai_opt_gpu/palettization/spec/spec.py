@@ -1,0 +1,69 @@
+"""`PalettizationSpec`: how one weight is palettized (bits, LUT granularity, vectors, LUT dtype)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, PositiveInt, model_validator
+
+from coreai_opt_gpu.config.base import SpecModel, drop_neutral_upstream_keys
+from coreai_opt_gpu.palettization.spec.granularity import (
+    PalettizationGranularity,
+    PerTensorGranularity,
+)
+from coreai_opt_gpu.quantization.spec import (
+    PerTensorGranularity as QuantPerTensorGranularity,
+)
+from coreai_opt_gpu.quantization.spec import (
+    QuantizationFormulation,
+    QuantizationSpec,
+)
+from coreai_opt_gpu.quantization.spec.spec import dtype_name
+
+LUT_DTYPES = ("int8", "uint8", "float8_e4m3fn", "float8_e5m2")
+
+
+class PalettizationSpec(SpecModel):
+    """A weight becomes LUT[indices]: 2^n_bits centroids of `cluster_dim` values per block."""
+
+    n_bits: Literal[1, 2, 3, 4, 6, 8] = 4
+    lut_qspec: QuantizationSpec | None = None
+    granularity: PalettizationGranularity = Field(default_factory=PerTensorGranularity)
+    cluster_dim: PositiveInt = 1
+    enable_per_channel_scale: bool = False
+
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_upstream_keys(cls, data: Any) -> Any:
+        return drop_neutral_upstream_keys(data, "PalettizationSpec", ("training_strategy_spec",))
+
+    @model_validator(mode="after")
+    def _check_lut_qspec(self) -> PalettizationSpec:
+        q = self.lut_qspec
+        if q is None:
+            return self
+        if dtype_name(q.dtype) not in LUT_DTYPES:
+            raise ValueError(
+                f"lut_qspec.dtype={dtype_name(q.dtype)} is not supported; "
+                f"allowed: {', '.join(LUT_DTYPES)}"
+            )
+        if not isinstance(q.granularity, QuantPerTensorGranularity):
+            raise ValueError(
+                f"lut_qspec.granularity must be per_tensor (one set of parameters per "
+                f"palettization block), got {q.granularity.type}"
+            )
+        if q.qformulation != QuantizationFormulation.ZP:
+            raise ValueError(
+                f"lut_qspec.qformulation={q.qformulation.value!r} is not supported; allowed: 'zp'"
+            )
+        return self
+
+    @property
+    def lut_size(self) -> int:
+        """Number of centroids K = 2^n_bits."""
+        return 2**self.n_bits
+
+
+def default_weight_palettization_spec() -> PalettizationSpec:
+    """4 bits, one LUT per tensor, scalar centroids."""
+    return PalettizationSpec()

@@ -1,0 +1,97 @@
+"""Quantizer configs: defaults, precedence for inputs/outputs/states, round trip."""
+
+import io
+
+import pytest
+import torch
+from pydantic import ValidationError
+from torch import nn
+
+from coreai_opt_gpu.config import SpecSite, resolve_spec
+from coreai_opt_gpu.quantization import (
+    ModuleQuantizerConfig,
+    OpQuantizerConfig,
+    QuantizationSpec,
+    QuantizerConfig,
+)
+from coreai_opt_gpu.quantization.spec import (
+    default_activation_quantization_spec,
+    default_weight_quantization_spec,
+)
+
+INT8 = QuantizationSpec()
+UINT8 = QuantizationSpec(dtype="uint8", qscheme="asymmetric")
+
+
+def site(kind, name, module_name="fc", op_type="linear"):
+    return SpecSite(module_name, nn.Linear, op_type, module_name, name, kind)
+
+
+def test_defaults():
+    config = QuantizerConfig()
+    module = config.global_config
+    assert module == ModuleQuantizerConfig()
+    assert module.op_state_spec == {"weight": default_weight_quantization_spec()}
+    assert module.op_input_spec == {"*": default_activation_quantization_spec()}
+    assert module.op_output_spec == {"*": default_activation_quantization_spec()}
+    assert OpQuantizerConfig().op_input_spec == module.op_input_spec
+    assert QuantizerConfig(module_type_configs={nn.Linear: None}).global_config is None
+
+
+def test_joint_flow_config_leaves_weights_alone():
+    config = QuantizerConfig(
+        global_config=ModuleQuantizerConfig(
+            op_state_spec=None, op_input_spec={"*": INT8}, op_output_spec={"*": INT8}
+        )
+    )
+    assert resolve_spec(config, site("state", "weight")) is None
+    assert resolve_spec(config, site("input", "0")) == INT8
+    assert resolve_spec(config, site("output", "0")) == INT8
+
+
+def test_precedence_for_activations():
+    config = QuantizerConfig(
+        global_config=ModuleQuantizerConfig(
+            op_input_spec={"*": INT8},
+            op_type_config={"conv2d": OpQuantizerConfig(op_input_spec={"*": UINT8})},
+            op_name_config={r"head": OpQuantizerConfig(op_input_spec={"0": None, "*": UINT8})},
+        ),
+        module_name_configs={r"skip": None},
+    )
+    assert resolve_spec(config, site("input", "0")) == INT8
+    assert resolve_spec(config, site("input", "0", op_type="conv2d")) == UINT8
+    assert resolve_spec(config, site("input", "0", module_name="head")) is None
+    assert resolve_spec(config, site("input", "1", module_name="head")) == UINT8
+    assert resolve_spec(config, site("input", "0", module_name="skip")) is None
+
+
+def test_setters_chain_and_round_trip(tmp_path):
+    config = (
+        QuantizerConfig()
+        .set_module_type(nn.Conv2d, ModuleQuantizerConfig(op_output_spec=None))
+        .set_module_name(r"lm_head", None)
+        .set_global(ModuleQuantizerConfig(op_state_spec=None))
+    )
+    assert list(config.to_dict()) == ["quantization_config"]
+    assert QuantizerConfig.from_dict(config.to_dict()) == config
+    path = tmp_path / "q.yaml"
+    config.to_yaml(path)
+    assert QuantizerConfig.from_yaml(path) == config
+    assert QuantizerConfig.from_yaml(io.StringIO(config.to_yaml())) == config
+    spec = config.to_dict()["quantization_config"]["global_config"]["op_input_spec"]["*"]
+    assert spec["dtype"] == "int8"
+    assert spec["qparam_calculator_cls"] == "MovingAverageQParamsCalculator"
+
+
+def test_rejections():
+    with pytest.raises(TypeError, match="marked final"):
+        type("Custom", (QuantizerConfig,), {})
+    with pytest.raises(ValidationError, match="module_input_spec"):
+        ModuleQuantizerConfig(module_input_spec={"*": {"dtype": "int8"}})
+    with pytest.raises(ValidationError, match="known op types"):
+        ModuleQuantizerConfig(op_type_config={"bmm": None})
+    with pytest.raises(ValidationError, match="execution_mode"):
+        QuantizerConfig(execution_mode="eager")
+    assert QuantizerConfig(execution_mode="graph", preserved_attributes=None) == QuantizerConfig()
+    with pytest.raises(ValidationError):
+        ModuleQuantizerConfig(op_input_spec={"*": {"dtype": torch.float16}})
