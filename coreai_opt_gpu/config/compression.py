@@ -10,13 +10,15 @@ from __future__ import annotations
 import re
 import warnings
 from collections.abc import Iterable
+from functools import partial
 from pathlib import Path
-from typing import IO, Any, ClassVar
+from typing import IO, Annotated, Any, ClassVar
 
 import yaml
+from pydantic import AfterValidator, BeforeValidator
 from typing_extensions import Self
 
-from coreai_opt_gpu.config.module_types import canonical_module_type
+from coreai_opt_gpu.config.module_types import canonical_module_type, canonical_type_keys
 from coreai_opt_gpu.config.op_types import normalize_op_type
 
 
@@ -35,6 +37,22 @@ def normalize_op_type_keys(mapping: Any) -> Any:
     if not isinstance(mapping, dict):
         return mapping
     return {normalize_op_type(key): value for key, value in mapping.items()}
+
+
+def configs_by_op_type(config_cls: type) -> Any:
+    """Field type {op type: config | None}, keys normalized ('aten.linear.default' -> 'linear')."""
+    return Annotated[dict[str, config_cls | None], BeforeValidator(normalize_op_type_keys)]
+
+
+def configs_by_regex(config_cls: type, field: str) -> Any:
+    """Field type {regex: config | None}, keys checked to compile."""
+    check = partial(check_op_name_patterns, field=field)
+    return Annotated[dict[str, config_cls | None], AfterValidator(check)]
+
+
+def configs_by_module_type(config_cls: type) -> Any:
+    """Field type {module class or dotted name: config | None}, keys fully qualified."""
+    return Annotated[dict[str, config_cls | None], BeforeValidator(canonical_type_keys)]
 
 
 def defaulted_global(data: Any, default_factory: Any) -> Any:

@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, ClassVar
+from typing import Any, ClassVar
 
-from pydantic import AfterValidator, BeforeValidator, Field, PositiveInt, model_validator
+from pydantic import Field, PositiveInt, model_validator
 
 from coreai_opt_gpu.config.base import ConfigModel, drop_neutral_upstream_keys, final
 from coreai_opt_gpu.config.compression import (
     CompressionConfigMixin,
-    check_op_name_patterns,
+    configs_by_module_type,
+    configs_by_op_type,
+    configs_by_regex,
     defaulted_global,
     iter_specs,
-    normalize_op_type_keys,
 )
-from coreai_opt_gpu.config.module_types import canonical_type_keys
 from coreai_opt_gpu.palettization.spec import (
     PalettizationSpec,
     PerGroupedChannelGranularity,
@@ -79,7 +79,8 @@ def _grouped_preset(n_bits: int, axis: int | None, group_size: int) -> ModuleKMe
     return ModuleKMeansPalettizerConfig(op_state_spec=_weight_specs(spec))
 
 
-OpConfigs = dict[str, OpKMeansPalettizerConfig | None]
+OpConfigsByType = configs_by_op_type(OpKMeansPalettizerConfig)
+OpConfigsByName = configs_by_regex(OpKMeansPalettizerConfig, "op_name_config")
 
 
 @final
@@ -87,12 +88,8 @@ class ModuleKMeansPalettizerConfig(ConfigModel):
     """Palettization of one module's ops: op state specs, overrides by op type/name/state."""
 
     op_state_spec: StateSpecs | None = Field(default_factory=default_op_state_spec)
-    op_type_config: Annotated[OpConfigs, BeforeValidator(normalize_op_type_keys)] = Field(
-        default_factory=dict
-    )
-    op_name_config: Annotated[
-        OpConfigs, AfterValidator(lambda m: check_op_name_patterns(m, "op_name_config"))
-    ] = Field(default_factory=dict)
+    op_type_config: OpConfigsByType = Field(default_factory=dict)
+    op_name_config: OpConfigsByName = Field(default_factory=dict)
     module_state_spec: StateSpecs = Field(default_factory=dict)
     enable_fast_kmeans_mode: bool = True
     rounding_precision: PositiveInt = 4
@@ -141,7 +138,8 @@ class _ModelPresets:
         return KMeansPalettizerConfig(global_config=_ModulePresets.w8())
 
 
-ModuleConfigs = dict[str, ModuleKMeansPalettizerConfig | None]
+ModuleConfigsByType = configs_by_module_type(ModuleKMeansPalettizerConfig)
+ModuleConfigsByName = configs_by_regex(ModuleKMeansPalettizerConfig, "module_name_configs")
 
 
 @final
@@ -149,12 +147,8 @@ class KMeansPalettizerConfig(CompressionConfigMixin, ConfigModel):
     """Palettization of a model: precedence module name > module type > global."""
 
     global_config: ModuleKMeansPalettizerConfig | None = None
-    module_type_configs: Annotated[ModuleConfigs, BeforeValidator(canonical_type_keys)] = Field(
-        default_factory=dict
-    )
-    module_name_configs: Annotated[
-        ModuleConfigs, AfterValidator(lambda m: check_op_name_patterns(m, "module_name_configs"))
-    ] = Field(default_factory=dict)
+    module_type_configs: ModuleConfigsByType = Field(default_factory=dict)
+    module_name_configs: ModuleConfigsByName = Field(default_factory=dict)
 
     root_key: ClassVar[str] = "kmeans_palettization_config"
     presets: ClassVar[type[_ModelPresets]] = _ModelPresets

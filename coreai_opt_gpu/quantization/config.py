@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, ClassVar
+from typing import Any, ClassVar
 
-from pydantic import AfterValidator, BeforeValidator, Field, model_validator
+from pydantic import Field, model_validator
 
 from coreai_opt_gpu.config.base import ConfigModel, drop_neutral_upstream_keys, final
 from coreai_opt_gpu.config.compression import (
     CompressionConfigMixin,
-    check_op_name_patterns,
+    configs_by_module_type,
+    configs_by_op_type,
+    configs_by_regex,
     defaulted_global,
-    normalize_op_type_keys,
 )
-from coreai_opt_gpu.config.module_types import canonical_type_keys
 from coreai_opt_gpu.quantization.spec import (
     QuantizationSpec,
     default_activation_quantization_spec,
@@ -44,7 +44,8 @@ class OpQuantizerConfig(ConfigModel):
     op_output_spec: Specs | None = Field(default_factory=default_activation_specs)
 
 
-OpConfigs = dict[str, OpQuantizerConfig | None]
+OpConfigsByType = configs_by_op_type(OpQuantizerConfig)
+OpConfigsByName = configs_by_regex(OpQuantizerConfig, "op_name_config")
 
 
 @final
@@ -54,12 +55,8 @@ class ModuleQuantizerConfig(ConfigModel):
     op_state_spec: Specs | None = Field(default_factory=default_state_spec)
     op_input_spec: Specs | None = Field(default_factory=default_activation_specs)
     op_output_spec: Specs | None = Field(default_factory=default_activation_specs)
-    op_type_config: Annotated[OpConfigs, BeforeValidator(normalize_op_type_keys)] = Field(
-        default_factory=dict
-    )
-    op_name_config: Annotated[
-        OpConfigs, AfterValidator(lambda m: check_op_name_patterns(m, "op_name_config"))
-    ] = Field(default_factory=dict)
+    op_type_config: OpConfigsByType = Field(default_factory=dict)
+    op_name_config: OpConfigsByName = Field(default_factory=dict)
     module_state_spec: Specs = Field(default_factory=dict)
 
     @model_validator(mode="before")
@@ -70,7 +67,8 @@ class ModuleQuantizerConfig(ConfigModel):
         )
 
 
-ModuleConfigs = dict[str, ModuleQuantizerConfig | None]
+ModuleConfigsByType = configs_by_module_type(ModuleQuantizerConfig)
+ModuleConfigsByName = configs_by_regex(ModuleQuantizerConfig, "module_name_configs")
 
 
 @final
@@ -78,12 +76,8 @@ class QuantizerConfig(CompressionConfigMixin, ConfigModel):
     """Quantization of a model: precedence module name > module type > global."""
 
     global_config: ModuleQuantizerConfig | None = None
-    module_type_configs: Annotated[ModuleConfigs, BeforeValidator(canonical_type_keys)] = Field(
-        default_factory=dict
-    )
-    module_name_configs: Annotated[
-        ModuleConfigs, AfterValidator(lambda m: check_op_name_patterns(m, "module_name_configs"))
-    ] = Field(default_factory=dict)
+    module_type_configs: ModuleConfigsByType = Field(default_factory=dict)
+    module_name_configs: ModuleConfigsByName = Field(default_factory=dict)
 
     root_key: ClassVar[str] = "quantization_config"
 
