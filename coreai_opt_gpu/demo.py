@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from coreai_opt_gpu.palettization import KMeansPalettizerConfig
-from coreai_opt_gpu.palettization.palettize import palettize_tensors
+from coreai_opt_gpu.palettization.palettize import palettize_targets
 from coreai_opt_gpu.palettization.targets import find_targets
 
 
@@ -73,8 +73,7 @@ def main(argv: list[str] | None = None) -> None:
         reference_out = model(tokens)
 
     start = time.perf_counter()
-    items = {t.qualified_name: (t.tensor, t.spec, t.layout) for t in targets}
-    palettized = palettize_tensors(items)
+    palettized = palettize_targets(targets)
     elapsed = time.perf_counter() - start
 
     dense_bytes = packed_bytes = 0

@@ -1,18 +1,28 @@
-"""Batched scalar k-means (numpy CPU path) and the engine entry point.
+"""Scalar k-means: numpy building blocks, the exact oracle, and the engine's quality bar.
 
 Tolerance tiers: exact for searches and assignments; Lloyd fixed-point identities to float
-rounding; relative-MSE bound against the Lloyd-Max optimum for clustering quality.
+rounding; relative MSE <= 1.005 x the exact optimum for clustering quality.
 """
+
+import itertools
 
 import numpy as np
 import pytest
 import torch
 
+from coreai_opt_gpu import reference
 from coreai_opt_gpu.engine import cluster_blocks
-from coreai_opt_gpu.reference import batched_searchsorted, kmeans_1d
+from coreai_opt_gpu.engine.scalar import cluster_scalar, fast_mode_codes, grid_rows
 
-# Lloyd-Max optimum of the relative MSE for a unit Gaussian with 16 levels (Max, 1960).
-GAUSSIAN_16_LEVEL_OPTIMUM = 0.009497
+QUALITY_BAR = 1.005
+
+
+def student_t(shape, seed=0):
+    return (np.random.default_rng(seed).standard_t(4, size=shape) * 0.02).astype(np.float32)
+
+
+def normal(shape, seed=0):
+    return (np.random.default_rng(seed).standard_normal(shape) * 0.02).astype(np.float32)
 
 
 @pytest.mark.parametrize("side", ["left", "right"])
@@ -27,62 +37,139 @@ def test_batched_searchsorted_is_exact(side):
     values = values.astype(np.float32)
     values[3, 0] = -0.0
     expected = np.stack([np.searchsorted(r, v, side) for r, v in zip(rows, values, strict=True)])
-    assert np.array_equal(batched_searchsorted(rows, values, side), expected)
+    assert np.array_equal(reference.batched_searchsorted(rows, values, side), expected)
 
 
-def assert_lloyd_fixed_point(x, w, lut, indices, inertia):
-    nearest = np.abs(x[:, :, None] - lut[:, None, :]).argmin(axis=2)
-    distance = np.abs(x - np.take_along_axis(lut, indices.astype(np.int64), 1))
-    best = np.abs(x - np.take_along_axis(lut, nearest, 1))
-    assert np.array_equal(distance, best)  # every point on a nearest centroid
-    assert np.all(np.diff(lut, axis=1) >= 0)  # ascending
-    for g in range(x.shape[0]):
-        for k in np.unique(indices[g]):
-            members = indices[g] == k
-            mean = np.average(x[g, members], weights=w[g, members])
-            assert abs(mean - lut[g, k]) <= 1e-5 * max(1.0, abs(mean))
-    recomputed = np.sum(w * (x - np.take_along_axis(lut, indices.astype(np.int64), 1)) ** 2, 1)
-    np.testing.assert_allclose(inertia, recomputed, rtol=1e-12)
+def test_count_at_most_compares_in_float64():
+    rows = np.sort(np.random.default_rng(1).standard_normal((3, 50)).astype(np.float32), 1)
+    bounds = np.concatenate(
+        [
+            np.random.default_rng(2).standard_normal((3, 6)),
+            rows[:, :2].astype(np.float64),
+            np.nextafter(rows[:, 2:3].astype(np.float64), -np.inf),
+        ],
+        1,
+    )
+    expected = (rows[:, None, :].astype(np.float64) <= bounds[:, :, None]).sum(-1)
+    assert np.array_equal(reference.SortedRows(rows).count_at_most(bounds), expected)
 
 
-@pytest.mark.parametrize("k", [2, 4, 16])
-@pytest.mark.parametrize("weighted", [False, True], ids=["unweighted", "weighted"])
-def test_kmeans_1d_converges_to_a_lloyd_fixed_point(k, weighted):
-    rng = np.random.default_rng(k)
-    x = rng.standard_t(4, size=(5, 300)).astype(np.float32)
-    w = rng.random((5, 300)) + 0.1 if weighted else np.ones((5, 300))
-    lut, indices, inertia = kmeans_1d(x, k, w if weighted else None, max_iter=1000)
-    assert lut.shape == (5, k) and lut.dtype == np.float32 and indices.dtype == np.uint8
-    assert_lloyd_fixed_point(x, w, lut, indices, inertia)
+def brute_force_optimum(x, w, k):
+    best = np.inf
+    for cuts in itertools.combinations(range(1, len(x)), min(k, len(x)) - 1):
+        edges = (0, *cuts, len(x))
+        cost = 0.0
+        for start, end in itertools.pairwise(edges):
+            ww, xx = w[start:end], x[start:end]
+            if ww.sum() > 0:
+                cost += (ww * (xx - (ww * xx).sum() / ww.sum()) ** 2).sum()
+        best = min(best, cost)
+    return best
 
 
-def test_quality_on_gaussian_blocks():
-    x = np.random.default_rng(0).standard_normal((8, 8192)).astype(np.float32)
-    _, _, inertia = kmeans_1d(x, 16)
-    relative_mse = inertia.sum() / np.sum((x - x.mean(1, keepdims=True)) ** 2)
-    assert relative_mse <= 1.05 * GAUSSIAN_16_LEVEL_OPTIMUM
+def test_exact_oracle_matches_brute_force():
+    rng = np.random.default_rng(0)
+    for _ in range(30):
+        b, k = int(rng.integers(1, 9)), int(rng.integers(1, 5))
+        x = np.sort(rng.standard_normal((3, b)), 1)
+        w = rng.random((3, b)) * (rng.random((3, b)) > 0.2)
+        centroids, cost = reference.kmeans_1d_exact(x, w, k)
+        assert np.all(np.diff(centroids, axis=1) >= 0)
+        for g in range(3):
+            expected = brute_force_optimum(x[g], w[g], k)
+            np.testing.assert_allclose(cost[g], expected, rtol=1e-9, atol=1e-12)
+            nearest = np.abs(x[g][:, None] - centroids[g][None]).min(1)
+            np.testing.assert_allclose((w[g] * nearest**2).sum(), expected, rtol=1e-9, atol=1e-12)
 
 
-def test_few_distinct_values_are_exact_and_weights_steer():
-    x = np.array([[1.0, 1.0, 2.0, 5.0, 5.0, 5.0]], np.float32)
-    lut, indices, inertia = kmeans_1d(x, 4)
-    assert inertia[0] == 0.0
-    assert np.array_equal(np.take_along_axis(lut, indices.astype(np.int64), 1), x)
+def test_exact_oracle_pads_with_last_centroid():
+    x = np.array([[1.0, 2.0, 2.0, 5.0]])
+    centroids, cost = reference.kmeans_1d_exact(x, np.ones_like(x), 6)
+    assert cost[0] == 0.0
+    assert centroids[0].tolist() == [1.0, 2.0, 5.0, 5.0, 5.0, 5.0]
+
+
+def optimum(x, w, k, rounding_precision=None):
+    if rounding_precision is None:
+        order = np.argsort(x, 1)
+        values, weights = np.take_along_axis(x, order, 1), np.take_along_axis(w, order, 1)
+    else:
+        rows = grid_rows(fast_mode_codes(x, rounding_precision), w, rounding_precision)
+        values, weights = rows.values, rows.weights
+    return reference.kmeans_1d_exact(values, weights, k)[1]
+
+
+@pytest.mark.parametrize("n_bits", [1, 2, 3, 4, 6, 8])
+@pytest.mark.parametrize("data", [student_t, normal], ids=["student-t4", "normal"])
+@pytest.mark.parametrize("mode", ["exact", "fast"])
+def test_quality_bar_against_exact_optimum(n_bits, data, mode):
+    """relative MSE <= 1.005 x optimum: grouped blocks (G=4) and one per-tensor-like block."""
+    k = 2**n_bits
+    n = 2048 if n_bits == 8 else 4096
+    precision = 4 if mode == "fast" else None
+    for shape in [(4, n), (1, 2 * n)]:
+        x = data(shape, seed=n_bits)
+        w = np.ones(shape)
+        lut, codes, inertia = cluster_scalar(x, k, None, precision)
+        best = optimum(x, w, k, precision)
+        assert np.all(inertia <= QUALITY_BAR * best + 1e-12), inertia / best
+        assert lut.shape == (shape[0], k) and np.all(np.diff(lut, axis=1) >= 0)
+        clustered = (
+            x if precision is None else (fast_mode_codes(x, 4).astype(np.float32) / np.float32(1e4))
+        )
+        recomputed = (clustered - np.take_along_axis(lut, codes.astype(np.int64), 1)) ** 2
+        np.testing.assert_allclose(recomputed.sum(1), inertia, rtol=1e-4)
+
+
+def test_weighted_quality_and_steering():
+    x = student_t((3, 2048), seed=5)
+    w = np.random.default_rng(5).random((3, 2048)) ** 4
+    _, _, inertia = cluster_scalar(x, 16, w)
+    assert np.all(inertia <= QUALITY_BAR * optimum(x, w, 16))
     outlier = np.array([[0.0, 0.1, 0.2, 10.0]], np.float32)
-    ignore_outlier = np.array([[1.0, 1.0, 1.0, 0.0]])
-    lut, _, _ = kmeans_1d(outlier, 2, ignore_outlier)
-    assert lut[0, 1] < 1.0  # the zero-weight outlier does not pull a centroid
+    lut, _, _ = cluster_scalar(outlier, 2, np.array([[1.0, 1.0, 1.0, 0.0]]))
+    assert lut[0, 1] < 1.0  # a zero-weight outlier does not pull a centroid
+
+
+def test_lloyd_fixed_point_and_assignment():
+    x = student_t((5, 300), seed=2)
+    lut, codes, _ = cluster_scalar(x, 8, max_iter=1000)
+    nearest = np.abs(x[:, :, None] - lut[:, None, :].astype(np.float64)).min(2)
+    chosen = np.abs(x - np.take_along_axis(lut, codes.astype(np.int64), 1).astype(np.float64))
+    assert np.array_equal(chosen, nearest)
+    for g in range(5):
+        for k in np.unique(codes[g]):
+            assert abs(x[g, codes[g] == k].mean() - lut[g, k]) <= 1e-6
+
+
+def test_few_distinct_values_exact_with_padding():
+    x = np.array([[1.0, 1.0, 2.0, 5.0, 5.0, 5.0], [3.0] * 6], np.float32)
+    lut, codes, inertia = cluster_scalar(x, 4)
+    assert np.all(inertia == 0.0)
+    assert np.array_equal(np.take_along_axis(lut, codes.astype(np.int64), 1), x)
+    assert lut[0].tolist() == [1.0, 2.0, 5.0, 5.0] and lut[1].tolist() == [3.0] * 4
+
+
+def test_fast_mode_semantics_and_out_of_fp16_range_blocks():
+    x = np.array([[0.012345, -0.5, 0.25, 1e-6], [7e4, 1.0, 2.0, 3.0]], np.float32)
+    codes = fast_mode_codes(x[:1], 4)
+    assert codes.tolist() == [[123, -5000, 2500, 0]]
+    lut, _, inertia = cluster_scalar(x, 4, rounding_precision=4)
+    assert lut[0].tolist() == pytest.approx([-0.5, 0.0, 0.0123, 0.25], abs=1e-7)
+    assert 7e4 in lut[1]  # out-of-range block clustered exactly, not cast to fp16 (inf)
+    assert np.all(inertia == 0.0)
 
 
 def test_deterministic():
-    x = np.random.default_rng(3).standard_t(4, size=(4, 500)).astype(np.float32)
-    first, second = kmeans_1d(x, 8), kmeans_1d(x, 8)
-    for a, b in zip(first, second, strict=True):
-        assert np.array_equal(a, b)
+    x = student_t((4, 500), seed=3)
+    for precision in (None, 4):
+        first, second = cluster_scalar(x, 8, None, precision), cluster_scalar(x, 8, None, precision)
+        for a, b in zip(first, second, strict=True):
+            assert np.array_equal(a, b)
 
 
 def test_engine_shapes_and_batching():
-    blocks = torch.randn(6, 64, 1)
+    blocks = torch.from_numpy(student_t((6, 64, 1)))
     result = cluster_blocks(blocks, 3)
     assert result.lut.shape == (6, 8, 1) and result.indices.shape == (6, 64)
     assert result.indices.dtype == torch.uint8 and result.inertia.shape == (6,)
@@ -98,7 +185,6 @@ def test_engine_shapes_and_batching():
         (torch.zeros(2, 0, 1), 2, "non-empty"),
         (torch.zeros(4, 1), 2, r"\[G, N, D\]"),
         (torch.zeros(1, 4, 1), 9, "allowed: 1..8"),
-        (torch.zeros(1, 4, 2), 2, "cluster_dim=2"),
     ],
 )
 def test_engine_rejects_bad_input(blocks, n_bits, message):
@@ -106,3 +192,5 @@ def test_engine_rejects_bad_input(blocks, n_bits, message):
         cluster_blocks(blocks, n_bits)
     with pytest.raises(ValueError, match="non-negative"):
         cluster_blocks(torch.zeros(1, 4, 1), 2, weights=-torch.ones(1, 4))
+    with pytest.raises(ValueError, match="finite"):
+        cluster_blocks(torch.zeros(1, 4, 1), 2, weights=torch.full((1, 4), float("nan")))

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from coreai_opt_gpu import reference
+from coreai_opt_gpu.engine.scalar import cluster_scalar
 
 
 @dataclass(frozen=True)
@@ -27,20 +27,31 @@ def check_blocks(blocks: torch.Tensor, n_bits: int, weights: torch.Tensor | None
     if not torch.isfinite(blocks).all():
         bad = (~torch.isfinite(blocks)).flatten(1).any(1).nonzero().flatten()[:5].tolist()
         raise ValueError(f"blocks contain NaN or inf (first blocks affected: {bad})")
-    if weights is not None and (weights.shape != blocks.shape[:2] or (weights < 0).any()):
+    if weights is not None and (
+        weights.shape != blocks.shape[:2]
+        or not torch.isfinite(weights).all()
+        or (weights < 0).any()
+    ):
         raise ValueError(
-            f"weights must be non-negative [G, N] = {list(blocks.shape[:2])}, got "
+            f"weights must be finite, non-negative [G, N] = {list(blocks.shape[:2])}, got "
             f"{list(weights.shape)}"
         )
 
 
 def cluster_blocks(
-    blocks: torch.Tensor, n_bits: int, weights: torch.Tensor | None = None, max_iter: int = 100
+    blocks: torch.Tensor,
+    n_bits: int,
+    weights: torch.Tensor | None = None,
+    *,
+    rounding_precision: int | None = None,
+    max_iter: int = 300,
 ) -> Clustering:
     """k-means with K = 2^n_bits of every block at once; results on the blocks' device.
 
-    blocks [G, N, D] float, weights [G, N] (sample weights) or None.
-    Scalar blocks (D = 1) run batched Lloyd on sorted prefix sums.
+    blocks [G, N, D] float, weights [G, N] (sample weights, e.g. sensitivities) or None.
+    `rounding_precision` turns on fast mode (scalar only): values are cast to fp16 and rounded
+    to that many decimals before clustering. LUT rows are ascending; a block with fewer
+    distinct values than K repeats its last centroid.
     """
     check_blocks(blocks, n_bits, weights)
     g, n, d = blocks.shape
@@ -50,7 +61,7 @@ def cluster_blocks(
         )
     x = blocks.detach().reshape(g, n).to("cpu", torch.float32).numpy()
     w = None if weights is None else weights.detach().to("cpu", torch.float64).numpy()
-    lut, indices, inertia = reference.kmeans_1d(x, 2**n_bits, w, max_iter)
+    lut, indices, inertia = cluster_scalar(x, 2**n_bits, w, rounding_precision, max_iter)
     device = blocks.device
     return Clustering(
         lut=torch.from_numpy(lut).reshape(g, -1, 1).to(device),

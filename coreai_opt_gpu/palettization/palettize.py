@@ -12,6 +12,7 @@ from coreai_opt_gpu.engine import cluster_blocks
 from coreai_opt_gpu.ops import lut_dequant
 from coreai_opt_gpu.palettization.layout import PaletteLayout
 from coreai_opt_gpu.palettization.spec import PalettizationSpec
+from coreai_opt_gpu.palettization.targets import WeightTarget
 
 
 @dataclass(frozen=True)
@@ -45,26 +46,25 @@ def unsupported_features(spec: PalettizationSpec) -> list[str]:
     return names
 
 
-def palettize_tensors(
-    items: dict[str, tuple[torch.Tensor, PalettizationSpec, PaletteLayout]],
-) -> dict[str, PalettizedWeight]:
-    """Palettize named weights; blocks of equal (N, D, n_bits) share one engine call."""
-    for name, (_, spec, _) in items.items():
-        missing = unsupported_features(spec)
+def palettize_targets(targets: list[WeightTarget]) -> dict[str, PalettizedWeight]:
+    """Palettize weights; blocks of equal (N, D, n_bits, fast mode) share one engine call."""
+    for target in targets:
+        missing = unsupported_features(target.spec)
         if missing:
-            raise ValueError(f"{name}: {', '.join(missing)} is not supported yet")
-    batches: dict[tuple[int, int, int], list[str]] = defaultdict(list)
-    for name, (_, spec, layout) in items.items():
-        batches[(layout.block_vectors, layout.cluster_dim, spec.n_bits)].append(name)
+            raise ValueError(f"{target.qualified_name}: {', '.join(missing)} is not supported yet")
+    batches: dict[tuple, list[WeightTarget]] = defaultdict(list)
+    for t in targets:
+        key = (t.layout.block_vectors, t.layout.cluster_dim, t.spec.n_bits, t.rounding_precision)
+        batches[key].append(t)
     results = {}
-    for (_, _, n_bits), names in batches.items():
-        blocks = torch.cat([items[n][2].to_blocks(items[n][0].detach()) for n in names])
-        clustering = cluster_blocks(blocks, n_bits)
+    for (_, _, n_bits, precision), batch in batches.items():
+        blocks = torch.cat([t.layout.to_blocks(t.tensor.detach()) for t in batch])
+        clustering = cluster_blocks(blocks, n_bits, rounding_precision=precision)
         start = 0
-        for name in names:
-            _, spec, layout = items[name]
-            stop = start + layout.num_blocks
-            indices = layout.indices_from_blocks(clustering.indices[start:stop])
-            results[name] = PalettizedWeight(spec, layout, clustering.lut[start:stop], indices)
+        for t in batch:
+            stop = start + t.layout.num_blocks
+            indices = t.layout.indices_from_blocks(clustering.indices[start:stop])
+            lut = clustering.lut[start:stop]
+            results[t.qualified_name] = PalettizedWeight(t.spec, t.layout, lut, indices)
             start = stop
     return results

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from coreai_opt_gpu.config.resolver import SpecSite, resolve_spec
+from coreai_opt_gpu.config.resolver import SpecSite, resolve_spec, select_module_config
 from coreai_opt_gpu.palettization.layout import (
     IncompatibleWeightError,
     PaletteLayout,
@@ -38,6 +38,7 @@ class WeightTarget:
     state_name: str
     spec: PalettizationSpec
     layout: PaletteLayout
+    rounding_precision: int | None  # fast k-means mode of the module config, None when off
 
     @property
     def qualified_name(self) -> str:
@@ -72,5 +73,8 @@ def find_targets(model: nn.Module, config: object) -> list[WeightTarget]:
         except IncompatibleWeightError as err:
             warnings.warn(f"{name}.weight left dense: {err}", stacklevel=2)
             continue
-        targets.append(WeightTarget(name, module, "weight", spec, layout))
+        module_config = select_module_config(config, name, type(module))
+        fast = module_config.enable_fast_kmeans_mode and spec.cluster_dim == 1
+        precision = module_config.rounding_precision if fast else None
+        targets.append(WeightTarget(name, module, "weight", spec, layout, precision))
     return targets

@@ -1,10 +1,25 @@
 """numpy references, one per Triton kernel and with the kernel's name.
 
 They are the CPU fallback of every op and the oracle of every kernel test and benchmark.
-`kmeans_1d` is the CPU path of the scalar engine (its Triton twin comes with the GPU engine).
+`kmeans_1d_exact` (optimal 1-D k-means) is the oracle of the scalar engine's quality.
 """
 
-from coreai_opt_gpu.reference.kmeans_1d import batched_searchsorted, kmeans_1d
+from coreai_opt_gpu.reference.kmeans_1d import (
+    SortedRows,
+    assign_1d,
+    batched_searchsorted,
+    lloyd_1d,
+    prefix_sums,
+)
+from coreai_opt_gpu.reference.kmeans_1d_exact import kmeans_1d_exact
 from coreai_opt_gpu.reference.lut_dequant import lut_dequant
 
-__all__ = ["batched_searchsorted", "kmeans_1d", "lut_dequant"]
+__all__ = [
+    "SortedRows",
+    "assign_1d",
+    "batched_searchsorted",
+    "kmeans_1d_exact",
+    "lloyd_1d",
+    "lut_dequant",
+    "prefix_sums",
+]

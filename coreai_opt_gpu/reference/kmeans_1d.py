@@ -1,8 +1,12 @@
-"""Batched scalar k-means on sorted blocks (numpy): the CPU path of the scalar engine.
+"""Scalar k-means building blocks (numpy twins of the Triton kernels `lloyd_1d`, `assign_1d`).
 
-Each block is sorted once; prefix sums of w and w*x make one Lloyd iteration cost
-O(K log N) per block: K-1 midpoints, a binary search per midpoint, K differences of prefix
+Each block is a row of sorted values with weights (the sorted weights themselves, or a
+histogram on a fixed grid). With prefix sums of w and w*x, one Lloyd iteration costs
+O(K log M) per block: K-1 midpoints, a binary search per midpoint and K differences of prefix
 sums. All blocks advance together, with no Python loop over blocks.
+
+Exactness contract shared with the kernels: midpoints and centroid updates in float64,
+values compared as float64 (`x <= mid` finds boundaries, `x > mid` counts codes).
 """
 
 from __future__ import annotations
@@ -17,11 +21,17 @@ def _ordered_keys(x: np.ndarray) -> np.ndarray:
     return flipped.astype(np.uint64)
 
 
+def round_down_to_float32(x: np.ndarray) -> np.ndarray:
+    """Largest float32 <= x (float64): for float32 v, v <= x iff v <= round_down(x)."""
+    down = x.astype(np.float32)
+    return np.where(down.astype(np.float64) > x, np.nextafter(down, np.float32(-np.inf)), down)
+
+
 class SortedRows:
-    """Rows [G, N] of sorted float32, searchable per row with one flat np.searchsorted.
+    """Rows [G, M] of sorted float32, searchable per row with one flat np.searchsorted.
 
     Rows are concatenated under exact keys (row << 32 | order-preserving float bits), built
-    once so that repeated searches cost O(M log(G N)).
+    once so that repeated searches cost O(log(G M)) each.
     """
 
     def __init__(self, rows: np.ndarray) -> None:
@@ -30,59 +40,81 @@ class SortedRows:
         self._flat = (self._offset | _ordered_keys(rows)).ravel()
 
     def search(self, values: np.ndarray, side: str = "left") -> np.ndarray:
-        """values [G, M] float32 -> per-row insertion points [G, M] int64."""
-        g, n = self.shape
-        found = np.searchsorted(self._flat, (self._offset | _ordered_keys(values)).ravel(), side)
-        return found.reshape(values.shape).astype(np.int64) - np.arange(g)[:, None] * n
+        """values [G, Q] float32 -> per-row insertion points [G, Q] int64."""
+        keys = (self._offset | _ordered_keys(values)).ravel()
+        found = np.searchsorted(self._flat, keys, side=side).reshape(values.shape)
+        return found.astype(np.int64) - np.arange(self.shape[0])[:, None] * self.shape[1]
+
+    def count_at_most(self, bounds: np.ndarray) -> np.ndarray:
+        """bounds [G, Q] float64 -> per row, how many values are <= each bound."""
+        return self.search(round_down_to_float32(bounds), "right")
 
 
 def batched_searchsorted(rows: np.ndarray, values: np.ndarray, side: str = "left") -> np.ndarray:
-    """Per-row np.searchsorted: rows [G, N] sorted float32, values [G, M] -> [G, M] int64."""
+    """Per-row np.searchsorted: rows [G, M] sorted float32, values [G, Q] -> [G, Q] int64."""
     return SortedRows(rows).search(values, side)
 
 
-def _segment_sums(prefix: np.ndarray, bounds: np.ndarray) -> np.ndarray:
-    """prefix [G, N+1], bounds [G, K+1] -> sums over each [bounds_k, bounds_k+1) [G, K]."""
-    ends = np.take_along_axis(prefix, bounds, axis=1)
-    return ends[:, 1:] - ends[:, :-1]
+def prefix_sums(values: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """[G, M] -> prefix sums of w and w*x, each [G, M+1] float64 with a leading 0."""
+    w = weights.astype(np.float64)
+    zero = np.zeros((w.shape[0], 1))
+    wx = w * values.astype(np.float64)
+    return np.concatenate([zero, np.cumsum(w, 1)], 1), np.concatenate([zero, np.cumsum(wx, 1)], 1)
 
 
-def kmeans_1d(
-    x: np.ndarray, k: int, weights: np.ndarray | None = None, max_iter: int = 100
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Weighted Lloyd k-means of every row of x [G, N] (float32), started from quantiles.
+def midpoints(centroids: np.ndarray) -> np.ndarray:
+    """[G, K] ascending float64 -> decision boundaries [G, K-1]."""
+    return (centroids[:, :-1] + centroids[:, 1:]) * 0.5
 
-    Returns centroids [G, K] float32 (ascending), indices [G, N] uint8 (nearest centroid) and
-    inertia [G] float64 (sum of w * (x - c)^2).
+
+def lloyd_1d(
+    values: np.ndarray,
+    prefix_w: np.ndarray,
+    prefix_wx: np.ndarray,
+    centroids: np.ndarray,
+    max_iter: int,
+) -> np.ndarray:
+    """Lloyd iterations on sorted rows until no centroid moves (or max_iter).
+
+    values [G, M] sorted float32; prefix_w, prefix_wx [G, M+1] float64; centroids [G, K]
+    ascending float64 (the start). Boundaries: b_k = #{x <= (c_k-1 + c_k) / 2}; a cluster
+    without weight keeps its centroid. Returns centroids [G, K] float64.
     """
-    g, n = x.shape
-    x = x.astype(np.float32)
-    w = np.ones_like(x, dtype=np.float64) if weights is None else weights.astype(np.float64)
-    order = np.argsort(x, axis=1, kind="stable")
-    xs, ws = np.take_along_axis(x, order, 1), np.take_along_axis(w, order, 1)
-    zero = np.zeros((g, 1))
-    pw = np.concatenate([zero, np.cumsum(ws, axis=1)], axis=1)  # [G, N+1]
-    pwx = np.concatenate([zero, np.cumsum(ws * xs, axis=1)], axis=1)  # [G, N+1]
-
-    # start: weighted quantiles at (k + 0.5) / K of each block's total weight
-    cdf = (pw[:, 1:] / np.maximum(pw[:, -1:], 1e-300)).astype(np.float32)  # [G, N]
-    targets = np.broadcast_to(((np.arange(k) + 0.5) / k).astype(np.float32), (g, k))
-    start = np.minimum(batched_searchsorted(cdf, np.ascontiguousarray(targets)), n - 1)
-    centroids = np.take_along_axis(xs, start, 1).astype(np.float64)  # [G, K]
-
-    sorted_rows = SortedRows(xs)
-    edges = (np.zeros((g, 1), np.int64), np.full((g, 1), n, np.int64))
+    g, m = values.shape
+    rows = SortedRows(values)
+    centroids = centroids.astype(np.float64).copy()
+    edges = np.zeros((g, 1), np.int64), np.full((g, 1), m, np.int64)
     for _ in range(max_iter):
-        mids = ((centroids[:, :-1] + centroids[:, 1:]) / 2).astype(np.float32)  # [G, K-1]
-        bounds = np.concatenate([edges[0], sorted_rows.search(mids, "right"), edges[1]], 1)
-        sw, swx = _segment_sums(pw, bounds), _segment_sums(pwx, bounds)
-        updated = np.where(sw > 0, swx / np.where(sw > 0, sw, 1), centroids)
+        bounds = np.concatenate([edges[0], rows.count_at_most(midpoints(centroids)), edges[1]], 1)
+        ends_w = np.take_along_axis(prefix_w, bounds, 1)
+        ends_wx = np.take_along_axis(prefix_wx, bounds, 1)
+        sw, swx = ends_w[:, 1:] - ends_w[:, :-1], ends_wx[:, 1:] - ends_wx[:, :-1]
+        updated = np.where(sw > 0, swx / np.where(sw > 0, sw, 1.0), centroids)
         if np.array_equal(updated, centroids):
             break
         centroids = updated
+    return centroids
 
-    lut = np.sort(centroids.astype(np.float32), axis=1)
-    mids = (lut[:, :-1].astype(np.float64) + lut[:, 1:]) / 2
-    indices = batched_searchsorted(mids.astype(np.float32), x, "left")  # mid < x -> next code
-    inertia = np.sum(w * (x - np.take_along_axis(lut, indices, 1)) ** 2, axis=1)
-    return lut, indices.astype(np.uint8), inertia
+
+def assign_1d(x: np.ndarray, centroids: np.ndarray) -> np.ndarray:
+    """Nearest-centroid codes: x [G, N] float32, centroids [G, K] ascending -> [G, N] uint8.
+
+    code = #{k : x > (c_k + c_k+1) / 2}, compared in float64 (ties go to the lower code).
+    """
+    mids = midpoints(centroids.astype(np.float64))  # [G, K-1]
+    if mids.shape[1] <= 16:
+        x64 = x.astype(np.float64)
+        codes = np.zeros(x.shape, np.uint8)
+        for k in range(mids.shape[1]):
+            codes += x64 > mids[:, k : k + 1]
+        return codes
+    # x > mid iff x > round_down_f32(mid) for float32 x: one flat search of sorted midpoints
+    return SortedRows(round_down_to_float32(mids)).search(x, "left").astype(np.uint8)
+
+
+def segment_inertia(values: np.ndarray, weights: np.ndarray, centroids: np.ndarray) -> np.ndarray:
+    """Weighted squared error of sorted rows [G, M] around their nearest centroids -> [G]."""
+    codes = assign_1d(values, centroids)
+    nearest = np.take_along_axis(centroids, codes.astype(np.int64), 1)
+    return np.sum(weights * (values.astype(np.float64) - nearest) ** 2, axis=1)
