@@ -11,10 +11,17 @@ import pytest
 import torch
 
 from coreai_opt_gpu import reference
-from coreai_opt_gpu.engine import cluster_blocks
-from coreai_opt_gpu.engine.scalar import cluster_scalar, fast_mode_codes, grid_rows
+from coreai_opt_gpu.engine import cluster_blocks, scalar
+from coreai_opt_gpu.engine.scalar import fast_mode_codes, grid_rows
 
 QUALITY_BAR = 1.005
+
+
+def cluster_scalar(x, k, weights=None, rounding_precision=None, max_iter=300):
+    """The engine's scalar path on numpy arrays (numpy in, numpy out)."""
+    w = None if weights is None else torch.from_numpy(np.asarray(weights, np.float64))
+    result = scalar.cluster_scalar(torch.from_numpy(x), k, w, rounding_precision, max_iter)
+    return tuple(t.numpy() for t in result)
 
 
 def student_t(shape, seed=0):
@@ -95,7 +102,7 @@ def optimum(x, w, k, rounding_precision=None):
         values, weights = np.take_along_axis(x, order, 1), np.take_along_axis(w, order, 1)
     else:
         rows = grid_rows(fast_mode_codes(x, rounding_precision), w, rounding_precision)
-        values, weights = rows.values, rows.weights
+        values, weights = rows.values.numpy(), rows.weights.numpy()
     return reference.kmeans_1d_exact(values, weights, k)[1]
 
 

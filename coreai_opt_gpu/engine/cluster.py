@@ -59,12 +59,7 @@ def cluster_blocks(
         raise ValueError(
             f"cluster_dim={d}: vector palettization is not available yet; supported: cluster_dim=1"
         )
-    x = blocks.detach().reshape(g, n).to("cpu", torch.float32).numpy()
-    w = None if weights is None else weights.detach().to("cpu", torch.float64).numpy()
+    x = blocks.detach().reshape(g, n).to(torch.float32).contiguous()
+    w = None if weights is None else weights.detach().to(torch.float64)
     lut, indices, inertia = cluster_scalar(x, 2**n_bits, w, rounding_precision, max_iter)
-    device = blocks.device
-    return Clustering(
-        lut=torch.from_numpy(lut).reshape(g, -1, 1).to(device),
-        indices=torch.from_numpy(indices).to(device),
-        inertia=torch.from_numpy(inertia).to(device),
-    )
+    return Clustering(lut=lut.reshape(g, -1, 1), indices=indices, inertia=inertia)

@@ -1,14 +1,18 @@
 """Scalar (cluster_dim 1) k-means of many blocks at once.
 
 1. Rows: each block becomes sorted values with weights. Exact mode sorts the block; fast mode
-   (coreai_opt's semantics: fp16 cast, round to `rounding_precision` decimals) counts the block
-   on its 10^-p grid instead (one bincount over all blocks, no sort).
+   (coreai_opt's semantics: fp16 cast, round to `rounding_precision` decimals) rounds first.
+   On the CPU, fast mode counts each block on its 10^-p grid instead of sorting (one bincount
+   over all blocks), compacted to the grid points that occur.
 2. Starts: the exact k-means (dynamic programming) of the block coarsened to ~32 bins per
    centroid, half equal-weight and half equal-width, which lands near the global optimum even
    on heavy tails (quantile starts stop 5-100% above it there); and weighted quantiles.
-3. Lloyd on prefix sums from each start (O(K log M) per iteration, run to convergence); the
-   start with the lower inertia wins, per block.
-4. Codes: nearest centroid per element (a per-block table on the grid in fast mode).
+3. Lloyd on prefix sums from each start (`ops.lloyd_1d`: O(K log M) per iteration, run to
+   convergence); the start with the lower inertia wins, per block.
+4. Codes: nearest centroid per element (`ops.assign_1d`; a per-block table in CPU fast mode).
+
+Rows on CUDA stay there (torch sort and scans, Triton Lloyd and assignment); only the coarse
+bins [G, ~32K] visit the CPU for the dynamic program.
 """
 
 from __future__ import annotations
@@ -16,17 +20,19 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
-from coreai_opt_gpu import reference
+from coreai_opt_gpu import ops, reference
+from coreai_opt_gpu.backend import Backend, choose_backend
 
 FP16_MAX = 65504.0
-GRID_BUDGET = 1 << 26  # largest G * grid size counted in fast mode; beyond it, sort instead
+GRID_BUDGET = 1 << 26  # largest G * grid span counted in CPU fast mode; beyond it, sort
 
 
 @dataclass(frozen=True)
 class GridCodes:
-    """Fast mode: each element's position in the [G, width] grid, and each grid point's slot
-    in the compacted rows (so codes come from one small table and one gather)."""
+    """CPU fast mode: each element's position in the [G, width] grid, and each grid point's
+    slot in the compacted rows (codes then come from one small table and one gather)."""
 
     positions: np.ndarray  # [G, N] int64, flat index into [G, width]
     slots: np.ndarray  # [G, width] int64, column in the compacted rows
@@ -36,11 +42,13 @@ class GridCodes:
 class ScalarRows:
     """Blocks as sorted rows: values [G, M] float32 ascending, weights [G, M] float64.
 
-    `grid` is set in fast mode (see GridCodes).
+    `clustered` are the values the codes are computed from ([G, N], rounded in fast mode);
+    `grid` replaces them in CPU fast mode.
     """
 
-    values: np.ndarray
-    weights: np.ndarray
+    values: torch.Tensor
+    weights: torch.Tensor
+    clustered: torch.Tensor | None = None
     grid: GridCodes | None = None
 
 
@@ -51,157 +59,189 @@ def fast_mode_codes(x: np.ndarray, rounding_precision: int) -> np.ndarray:
     return np.rint(scaled).astype(np.int64)
 
 
+def fast_mode_values(x: torch.Tensor, rounding_precision: int) -> torch.Tensor:
+    """The same rounding on a tensor: float32(round(fp16(x) * 10^p)) / 10^p."""
+    scale = float(np.float32(10.0**rounding_precision))
+    return torch.round(x.to(torch.float16).to(torch.float32) * scale) / scale
+
+
 def grid_rows(codes: np.ndarray, weights: np.ndarray | None, rounding_precision: int) -> ScalarRows:
     """Per-block weighted histogram of integer grid codes [G, N], compacted to the occupied
     grid points: rows [G, U] (U = most distinct codes in a block, the rest weight 0)."""
     g = codes.shape[0]
-    low = codes.min(1)
-    width = int((codes.max(1) - low).max()) + 1
+    low, high = codes.min(1), codes.max(1)
+    width = int((high - low).max()) + 1
+    scale = np.float32(10.0**rounding_precision)
     flat = codes + (np.arange(g) * width - low)[:, None]  # [G, N]: position in [G, width]
     counts = np.bincount(flat.ravel(), minlength=g * width).reshape(g, width)
     occupied = counts > 0
     slot = np.cumsum(occupied, axis=1) - 1  # [G, width]: compact slot of each grid point
     distinct = int(slot[:, -1].max()) + 1
     where_g, where_code = np.nonzero(occupied)
+    where_slot = slot[where_g, where_code]
     grid = np.empty((g, distinct), np.float32)
-    grid[:] = (codes.max(1).astype(np.float32) / np.float32(10.0**rounding_precision))[:, None]
-    grid[where_g, slot[where_g, where_code]] = (low[where_g] + where_code).astype(
-        np.float32
-    ) / np.float32(10.0**rounding_precision)
-    hist = np.zeros((g, distinct))
+    grid[:] = (high.astype(np.float32) / scale)[:, None]  # padding: the row's maximum
+    grid[where_g, where_slot] = (low[where_g] + where_code).astype(np.float32) / scale
     sums = counts if weights is None else np.bincount(flat.ravel(), weights.ravel(), g * width)
-    hist[where_g, slot[where_g, where_code]] = sums.reshape(g, width)[where_g, where_code]
-    return ScalarRows(grid, hist, GridCodes(flat, slot))
+    hist = np.zeros((g, distinct))
+    hist[where_g, where_slot] = sums.reshape(g, width)[where_g, where_code]
+    values, hist = torch.from_numpy(grid), torch.from_numpy(hist)
+    return ScalarRows(values, hist, grid=GridCodes(flat, slot))
 
 
-def sorted_rows(x: np.ndarray, weights: np.ndarray | None) -> ScalarRows:
-    """Each block sorted, with its weights carried along."""
-    if weights is None:
-        return ScalarRows(np.sort(x, axis=1), np.ones(x.shape))
-    order = np.argsort(x, axis=1, kind="stable")
-    return ScalarRows(np.take_along_axis(x, order, 1), np.take_along_axis(weights, order, 1))
-
-
-def quantile_start(rows: ScalarRows, prefix_w: np.ndarray, k: int) -> np.ndarray:
-    """Values at the (j + 0.5) / K weighted quantiles of each block -> [G, K] float64."""
-    total = np.maximum(prefix_w[:, -1:], 1e-300)
-    cdf = (prefix_w[:, 1:] / total).astype(np.float32)
-    targets = np.broadcast_to(((np.arange(k) + 0.5) / k).astype(np.float32), (len(cdf), k))
-    index = np.minimum(
-        reference.batched_searchsorted(cdf, np.ascontiguousarray(targets)), cdf.shape[1] - 1
+def sorted_rows(x: torch.Tensor, weights: torch.Tensor | None) -> ScalarRows:
+    """Each block sorted, with its weights carried along (numpy sort on the CPU)."""
+    if weights is None and not x.is_cuda:
+        values = torch.from_numpy(np.sort(x.numpy(), axis=1))
+        return ScalarRows(values, torch.ones(x.shape, dtype=torch.float64), clustered=x)
+    values, order = torch.sort(x, dim=1, stable=True)
+    sorted_weights = (
+        torch.ones_like(x, dtype=torch.float64)
+        if weights is None
+        else torch.gather(weights.double(), 1, order)
     )
-    return np.take_along_axis(rows.values, index, 1).astype(np.float64)
+    return ScalarRows(values, sorted_weights, clustered=x)
 
 
-def coarse_edges(rows: ScalarRows, prefix_w: np.ndarray, bins: int) -> np.ndarray:
+def prefix_sums(rows: ScalarRows) -> tuple[torch.Tensor, torch.Tensor]:
+    """[G, M] rows -> prefix sums of w and w*x, each [G, M+1] float64 with a leading 0."""
+    w = rows.weights
+    zero = torch.zeros((w.shape[0], 1), dtype=torch.float64, device=w.device)
+    wx = w * rows.values.double()
+    return torch.cat([zero, w.cumsum(1)], 1), torch.cat([zero, wx.cumsum(1)], 1)
+
+
+def quantile_start(rows: ScalarRows, prefix_w: torch.Tensor, k: int) -> torch.Tensor:
+    """Values at the (j + 0.5) / K weighted quantiles of each block -> [G, K] float64."""
+    cdf = prefix_w[:, 1:] / prefix_w[:, -1:].clamp_min(1e-300)
+    targets = ((torch.arange(k, device=cdf.device) + 0.5) / k).double().expand(len(cdf), k)
+    index = torch.searchsorted(cdf, targets.contiguous()).clamp_max(cdf.shape[1] - 1)
+    return torch.gather(rows.values, 1, index).double()
+
+
+def coarse_edges(rows: ScalarRows, prefix_w: torch.Tensor, bins: int) -> torch.Tensor:
     """Bin edges [G, bins + 1] into the sorted rows: half equal-weight cuts (resolution where
     the mass is), half equal-width cuts (resolution in the tails, where outliers want a
-    centroid of their own)."""
+    centroid of their own). Every value is its own bin when the row is short enough."""
     g, m = rows.values.shape
-    if bins >= m:  # every value its own bin: the start is the exact optimum
-        return np.broadcast_to(np.arange(m + 1), (g, m + 1))
+    device = rows.values.device
+    if bins >= m:
+        return torch.arange(m + 1, device=device).expand(g, m + 1)
     half = bins // 2
-    cdf = (prefix_w[:, 1:] / np.maximum(prefix_w[:, -1:], 1e-300)).astype(np.float32)
-    cuts = np.broadcast_to((np.arange(1, half) / half).astype(np.float32), (g, half - 1))
-    by_weight = reference.batched_searchsorted(cdf, np.ascontiguousarray(cuts), "right") + 1
-    low, high = rows.values[:, :1].astype(np.float64), rows.values[:, -1:].astype(np.float64)
-    levels = low + (high - low) * (np.arange(1, bins - half + 1) / (bins - half + 1))[None, :]
-    by_width = reference.SortedRows(rows.values).count_at_most(levels)
-    ends = (np.zeros((g, 1), np.int64), np.full((g, 1), m, np.int64))
-    return np.sort(np.concatenate([ends[0], np.minimum(by_weight, m), by_width, ends[1]], 1), 1)
+    cdf = prefix_w[:, 1:] / prefix_w[:, -1:].clamp_min(1e-300)
+    cuts = (torch.arange(1, half, device=device) / half).double().expand(g, half - 1)
+    by_weight = torch.searchsorted(cdf, cuts.contiguous(), right=True) + 1
+    low, high = rows.values[:, :1].double(), rows.values[:, -1:].double()
+    steps = torch.arange(1, bins - half + 1, device=device).double() / (bins - half + 1)
+    levels = (low + (high - low) * steps).contiguous()
+    by_width = torch.searchsorted(rows.values.double().contiguous(), levels, right=True)
+    ends = (
+        torch.zeros((g, 1), dtype=torch.int64, device=device),
+        torch.full((g, 1), m, dtype=torch.int64, device=device),
+    )
+    edges = torch.cat([ends[0], by_weight.clamp_max(m), by_width, ends[1]], 1)
+    return edges.sort(dim=1).values
 
 
 def coarse_start(
-    rows: ScalarRows, prefix_w: np.ndarray, prefix_wx: np.ndarray, k: int, bins: int
-) -> np.ndarray:
-    """Exact k-means of each block coarsened to `bins` runs (`coarse_edges`) -> [G, K]."""
+    rows: ScalarRows, prefix_w: torch.Tensor, prefix_wx: torch.Tensor, k: int, bins: int
+) -> torch.Tensor:
+    """Exact k-means of each block coarsened to `bins` runs (`coarse_edges`) -> [G, K] f64."""
     m = rows.values.shape[1]
     edges = coarse_edges(rows, prefix_w, bins)
-    ends_w, ends_wx = (np.take_along_axis(p, edges, 1) for p in (prefix_w, prefix_wx))
-    bin_w, bin_wx = np.diff(ends_w, axis=1), np.diff(ends_wx, axis=1)
-    first = np.take_along_axis(rows.values, np.minimum(edges[:, :-1], m - 1), 1)
-    bin_mean = np.where(bin_w > 0, bin_wx / np.where(bin_w > 0, bin_w, 1.0), first)
-    centroids, _ = reference.kmeans_1d_exact(np.maximum.accumulate(bin_mean, 1), bin_w, k)
-    return centroids
+    bin_w = torch.gather(prefix_w, 1, edges).diff(dim=1)
+    bin_wx = torch.gather(prefix_wx, 1, edges).diff(dim=1)
+    first = torch.gather(rows.values, 1, edges[:, :-1].clamp_max(m - 1)).double()
+    mean = torch.where(bin_w > 0, bin_wx / bin_w.clamp_min(1e-300), first).cummax(dim=1).values
+    centroids, _ = reference.kmeans_1d_exact(mean.cpu().numpy(), bin_w.cpu().numpy(), k)
+    return torch.from_numpy(centroids).to(rows.values.device)
 
 
 def coarse_bins(k: int, width: int) -> int:
-    """Bins of the DP start: ~32 per centroid (measured: within 0.5% of the optimum after
+    """Bins of the DP start: ~32 per centroid (measured: within 0.1% of the optimum after
     Lloyd on Student-t(4) and normal blocks), every value when the row is shorter."""
     return min(width, max(256, 32 * k))
 
 
-def inertia(rows: ScalarRows, centroids: np.ndarray) -> np.ndarray:
+def inertia(rows: ScalarRows, centroids: torch.Tensor) -> torch.Tensor:
     """Weighted squared error of each block around its nearest centroids -> [G] float64."""
-    codes = reference.assign_1d(rows.values, centroids)
-    nearest = np.take_along_axis(centroids, codes.astype(np.int64), 1)
-    return np.sum(rows.weights * (rows.values.astype(np.float64) - nearest) ** 2, 1)
+    codes = ops.assign_1d(rows.values, centroids).long()
+    nearest = torch.gather(centroids.double(), 1, codes)
+    return (rows.weights * (rows.values.double() - nearest) ** 2).sum(1)
+
+
+def build_rows(
+    x: torch.Tensor, weights: torch.Tensor | None, rounding_precision: int | None
+) -> ScalarRows:
+    """Sorted rows of the blocks; CPU fast mode uses grid histograms when they fit."""
+    if rounding_precision is None:
+        return sorted_rows(x, weights)
+    if choose_backend(x) == Backend.NUMPY and x.device.type == "cpu":
+        codes = fast_mode_codes(x.numpy(), rounding_precision)
+        span = int((codes.max(1) - codes.min(1)).max()) + 1
+        if span * x.shape[0] <= GRID_BUDGET:
+            w = None if weights is None else weights.cpu().numpy()
+            return grid_rows(codes, w, rounding_precision)
+    return sorted_rows(fast_mode_values(x, rounding_precision), weights)
 
 
 def cluster_scalar(
-    x: np.ndarray,
+    x: torch.Tensor,
     k: int,
-    weights: np.ndarray | None = None,
+    weights: torch.Tensor | None = None,
     rounding_precision: int | None = None,
     max_iter: int = 300,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """k-means of every row of x [G, N] float32 (fast mode when rounding_precision is set).
 
-    Returns LUT [G, K] float32 ascending, codes [G, N] uint8 and inertia [G] float64
-    (on the clustered values: rounded ones in fast mode).
+    Returns LUT [G, K] float32 ascending, codes [G, N] uint8 and inertia [G] float64 (on the
+    clustered values: the rounded ones in fast mode), on x's device.
     """
     if rounding_precision is not None:
-        in_fp16 = np.abs(x).max(1) <= FP16_MAX
-        if not in_fp16.all():  # upstream clusters such blocks on their exact values
-            return _merge_rows(in_fp16, cluster_scalar, x, k, weights, rounding_precision, max_iter)
-    rows = None
-    if rounding_precision is not None:
-        codes = fast_mode_codes(x, rounding_precision)
-        span = int((codes.max(1) - codes.min(1)).max()) + 1
-        if span * x.shape[0] <= GRID_BUDGET:
-            rows = grid_rows(codes, weights, rounding_precision)
-        else:
-            x = codes.astype(np.float32) / np.float32(10.0**rounding_precision)
-    if rows is None:
-        rows = sorted_rows(x, weights)
-    prefix_w, prefix_wx = reference.prefix_sums(rows.values, rows.weights)
-
+        in_fp16 = x.abs().amax(1) <= FP16_MAX
+        if not bool(in_fp16.all()):  # upstream clusters such blocks on their exact values
+            return _split_rows(in_fp16, x, k, weights, rounding_precision, max_iter)
+    rows = build_rows(x, weights, rounding_precision)
+    prefix_w, prefix_wx = prefix_sums(rows)
     bins = coarse_bins(k, rows.values.shape[1])
     starts = [coarse_start(rows, prefix_w, prefix_wx, k, bins), quantile_start(rows, prefix_w, k)]
     best, best_inertia = None, None
     for start in starts:
-        centroids = reference.lloyd_1d(rows.values, prefix_w, prefix_wx, start, max_iter)
+        centroids = ops.lloyd_1d(rows.values, prefix_w, prefix_wx, start, max_iter)
         cost = inertia(rows, centroids)
         if best is None:
             best, best_inertia = centroids, cost
         else:
             better = cost < best_inertia
-            best = np.where(better[:, None], centroids, best)
-            best_inertia = np.minimum(cost, best_inertia)
+            best = torch.where(better[:, None], centroids, best)
+            best_inertia = torch.minimum(cost, best_inertia)
 
-    lut = np.sort(best, axis=1).astype(np.float32)
+    lut = best.sort(dim=1).values.float()
     if rows.grid is not None:
-        table = reference.assign_1d(rows.values, lut)  # [G, U]: code of every occupied point
+        table = ops.assign_1d(rows.values, lut).numpy()  # [G, U]: code of each grid point
         table = np.take_along_axis(table, rows.grid.slots, 1)  # [G, width]
-        indices = np.take(table.ravel(), rows.grid.positions)
+        codes = torch.from_numpy(np.take(table.ravel(), rows.grid.positions))
     else:
-        indices = reference.assign_1d(x, lut)
-    return lut, indices, best_inertia
+        codes = ops.assign_1d(rows.clustered, lut)
+    return lut, codes, best_inertia
 
 
-def _merge_rows(fast: np.ndarray, fn, x, k, weights, rounding_precision, max_iter):
-    """Run `fn` in fast mode on rows where `fast`, in exact mode on the others; merge."""
-    parts = [(fast, rounding_precision), (~fast, None)]
-    results = [
-        fn(x[rows], k, None if weights is None else weights[rows], precision, max_iter)
-        for rows, precision in parts
-        if rows.any()
-    ]
-    lut = np.empty((x.shape[0], k), np.float32)
-    indices = np.empty(x.shape, np.uint8)
-    cost = np.empty(x.shape[0])
-    for (rows, _), (part_lut, part_indices, part_cost) in zip(
-        [p for p in parts if p[0].any()], results, strict=True
-    ):
-        lut[rows], indices[rows], cost[rows] = part_lut, part_indices, part_cost
-    return lut, indices, cost
+def _split_rows(
+    fast: torch.Tensor,
+    x: torch.Tensor,
+    k: int,
+    weights: torch.Tensor | None,
+    rounding_precision: int,
+    max_iter: int,
+):
+    """Cluster rows where `fast` in fast mode and the others on exact values; merge."""
+    lut = torch.empty((x.shape[0], k), dtype=torch.float32, device=x.device)
+    codes = torch.empty(x.shape, dtype=torch.uint8, device=x.device)
+    cost = torch.empty(x.shape[0], dtype=torch.float64, device=x.device)
+    for rows, precision in ((fast, rounding_precision), (~fast, None)):
+        if bool(rows.any()):
+            part = cluster_scalar(
+                x[rows], k, None if weights is None else weights[rows], precision, max_iter
+            )
+            lut[rows], codes[rows], cost[rows] = part
+    return lut, codes, cost

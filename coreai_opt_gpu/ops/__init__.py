@@ -1,5 +1,6 @@
-"""Public tensor ops: validate inputs, pick Triton or numpy, registered as torch.library ops."""
+"""Tensor ops: validate inputs, pick Triton or numpy (see `coreai_opt_gpu.backend`)."""
 
+from coreai_opt_gpu.ops.kmeans_1d import assign_1d, lloyd_1d
 from coreai_opt_gpu.ops.lut_dequant import lut_dequant
 
-__all__ = ["lut_dequant"]
+__all__ = ["assign_1d", "lloyd_1d", "lut_dequant"]
