@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from coreai_opt_gpu.engine.scalar import cluster_scalar
+from coreai_opt_gpu.engine.vector import cluster_vector
 
 
 @dataclass(frozen=True)
@@ -45,20 +46,28 @@ def cluster_blocks(
     *,
     rounding_precision: int | None = None,
     max_iter: int = 300,
+    restarts: int = 8,
+    seed: int | None = None,
 ) -> Clustering:
     """k-means with K = 2^n_bits of every block at once; results on the blocks' device.
 
     blocks [G, N, D] float, weights [G, N] (sample weights, e.g. sensitivities) or None.
     `rounding_precision` turns on fast mode (scalar only): values are cast to fp16 and rounded
-    to that many decimals before clustering. LUT rows are ascending; a block with fewer
-    distinct values than K repeats its last centroid.
+    to that many decimals before clustering. Vector blocks (D > 1) run `restarts` k-means++
+    restarts, reproducible for a given `seed` (None: drawn from torch's global RNG). LUT rows
+    are ascending (lexicographic for vectors); unused entries repeat the last centroid.
     """
     check_blocks(blocks, n_bits, weights)
     g, n, d = blocks.shape
-    if d != 1:
-        raise ValueError(
-            f"cluster_dim={d}: vector palettization is not available yet; supported: cluster_dim=1"
+    if d > 1:
+        if rounding_precision is not None:
+            raise ValueError("fast mode (rounding_precision) applies to cluster_dim=1 only")
+        x = blocks.detach().to(torch.float32).contiguous()
+        w = None if weights is None else weights.detach().to(torch.float32)
+        lut, indices, inertia = cluster_vector(
+            x, 2**n_bits, w, restarts=restarts, max_iter=max_iter, seed=seed
         )
+        return Clustering(lut=lut, indices=indices, inertia=inertia)
     x = blocks.detach().reshape(g, n).to(torch.float32).contiguous()
     w = None if weights is None else weights.detach().to(torch.float64)
     lut, indices, inertia = cluster_scalar(x, 2**n_bits, w, rounding_precision, max_iter)

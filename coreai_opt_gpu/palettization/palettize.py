@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import torch
 
 from coreai_opt_gpu.engine import cluster_blocks
+from coreai_opt_gpu.engine.lut_quant import QuantizedLut, quantize_lut
 from coreai_opt_gpu.ops import lut_dequant
 from coreai_opt_gpu.palettization.layout import PaletteLayout
 from coreai_opt_gpu.palettization.spec import PalettizationSpec
@@ -17,54 +18,73 @@ from coreai_opt_gpu.palettization.targets import WeightTarget
 
 @dataclass(frozen=True)
 class PalettizedWeight:
-    """LUT [G, K, D] and indices [V, C, T] (uint8, weight layout) of one weight."""
+    """LUT [G, K, D] and indices [V, C, T] (uint8, weight layout) of one weight, with the
+    per-row scale [O] (per-channel scale) and LUT quantization parameters when enabled."""
 
     spec: PalettizationSpec
     layout: PaletteLayout
     lut: torch.Tensor
     indices: torch.Tensor
+    row_scale: torch.Tensor | None = None
+    lut_quantization: QuantizedLut | None = None
 
     def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """The palettized weight, shaped like the original."""
-        decoded = lut_dequant(self.indices, self.layout.lut_view(self.lut), None, dtype)
+        lut = self.layout.lut_view(self.lut)
+        decoded = lut_dequant(self.indices, lut, self.row_scale, dtype)
         return decoded.reshape(self.layout.shape)
 
     def packed_bytes(self, lut_dtype: torch.dtype = torch.float16) -> int:
-        """Storage with indices packed at n_bits each and the LUT in `lut_dtype`."""
+        """Storage: indices packed at n_bits each, the LUT in `lut_dtype` (or its quantized
+        dtype, plus a scale and zero point per block), per-row scales in `lut_dtype`."""
         index_bits = self.indices.numel() * self.spec.n_bits
-        lut_bytes = self.lut.numel() * torch.finfo(lut_dtype).bits // 8
-        return math.ceil(index_bits / 8) + lut_bytes
+        qspec = self.spec.lut_qspec
+        entry_bits = qspec.n_bits if qspec is not None else torch.finfo(lut_dtype).bits
+        extra = 2 * self.lut.shape[0] * 4 if qspec is not None else 0
+        scales = 0 if self.row_scale is None else self.row_scale.numel() * 2
+        return math.ceil(index_bits / 8) + self.lut.numel() * entry_bits // 8 + extra + scales
 
 
-def unsupported_features(spec: PalettizationSpec) -> list[str]:
-    """Spec options the clustering path does not implement yet (never silently ignored)."""
-    names = []
-    if spec.enable_per_channel_scale:
-        names.append("enable_per_channel_scale=True")
-    if spec.lut_qspec is not None:
-        names.append("lut_qspec")
-    return names
+def per_channel_scale(weight: torch.Tensor) -> torch.Tensor:
+    """abs-max of every slice along dim 0 (0 -> 1): the per-channel scale [O] float32."""
+    scale = weight.detach().float().abs().flatten(1).amax(1)
+    return torch.where(scale > 0, scale, torch.ones_like(scale))
 
 
 def palettize_targets(targets: list[WeightTarget]) -> dict[str, PalettizedWeight]:
     """Palettize weights; blocks of equal (N, D, n_bits, fast mode) share one engine call."""
-    for target in targets:
-        missing = unsupported_features(target.spec)
-        if missing:
-            raise ValueError(f"{target.qualified_name}: {', '.join(missing)} is not supported yet")
     batches: dict[tuple, list[WeightTarget]] = defaultdict(list)
     for t in targets:
         key = (t.layout.block_vectors, t.layout.cluster_dim, t.spec.n_bits, t.rounding_precision)
         batches[key].append(t)
     results = {}
     for (_, _, n_bits, precision), batch in batches.items():
-        blocks = torch.cat([t.layout.to_blocks(t.tensor.detach()) for t in batch])
+        scales = [
+            per_channel_scale(t.tensor) if t.spec.enable_per_channel_scale else None for t in batch
+        ]
+        blocks = torch.cat(
+            [
+                t.layout.to_blocks(_scaled(t.tensor.detach(), scale))
+                for t, scale in zip(batch, scales, strict=True)
+            ]
+        )
         clustering = cluster_blocks(blocks, n_bits, rounding_precision=precision)
         start = 0
-        for t in batch:
+        for t, scale in zip(batch, scales, strict=True):
             stop = start + t.layout.num_blocks
             indices = t.layout.indices_from_blocks(clustering.indices[start:stop])
-            lut = clustering.lut[start:stop]
-            results[t.qualified_name] = PalettizedWeight(t.spec, t.layout, lut, indices)
+            lut, quantized = clustering.lut[start:stop], None
+            if t.spec.lut_qspec is not None:
+                quantized = quantize_lut(lut, t.spec.lut_qspec)
+                lut = quantized.lut
+            results[t.qualified_name] = PalettizedWeight(
+                t.spec, t.layout, lut, indices, scale, quantized
+            )
             start = stop
     return results
+
+
+def _scaled(weight: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor:
+    if scale is None:
+        return weight
+    return weight / scale.reshape(-1, *([1] * (weight.dim() - 1))).to(weight.dtype)

@@ -12,11 +12,13 @@ from coreai_opt_gpu.reference.kmeans_1d import (
     prefix_sums,
 )
 from coreai_opt_gpu.reference.kmeans_1d_exact import kmeans_1d_exact
+from coreai_opt_gpu.reference.kmeans_vector import assign_update
 from coreai_opt_gpu.reference.lut_dequant import lut_dequant
 
 __all__ = [
     "SortedRows",
     "assign_1d",
+    "assign_update",
     "batched_searchsorted",
     "kmeans_1d_exact",
     "lloyd_1d",

@@ -1,0 +1,105 @@
+"""Vector k-means step: fused assignment and partial update, batched over blocks and restarts.
+
+Twin: `coreai_opt_gpu.reference.kmeans_vector.assign_update`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+
+
+@dataclass(frozen=True)
+class AssignUpdateLaunch:
+    """BLOCK_N vectors per program (distances BLOCK_N x K_PAD live in registers)."""
+
+    block_n: int
+    num_warps: int
+
+
+def assign_update_launch(n: int, k: int) -> AssignUpdateLaunch:
+    """Pure heuristic: ~4K distances per program."""
+    k_pad = triton.next_power_of_2(k)
+    block_n = max(16, min(triton.next_power_of_2(max(n, 1)), 4096 // k_pad, 256))
+    return AssignUpdateLaunch(block_n, num_warps=4 if block_n * k_pad >= 2048 else 2)
+
+
+@triton.jit
+def _assign_update_kernel(
+    x_ptr,  # [G, N, D] float32
+    centroids_ptr,  # [P, K, D] float32, P = G * R
+    weights_ptr,  # [G, N] float32 (unused when HAS_WEIGHTS is False)
+    codes_ptr,  # [P, N] uint8
+    distances_ptr,  # [P, N] float32
+    sums_ptr,  # [P, CHUNKS, K, D] float32: this program's weighted member sums
+    counts_ptr,  # [P, CHUNKS, K] float32
+    N,
+    K,
+    R,
+    CHUNKS,
+    D: tl.constexpr,  # vector length: the loop over components is unrolled
+    K_PAD: tl.constexpr,
+    HAS_WEIGHTS: tl.constexpr,  # sample weights loaded only when given
+    BLOCK_N: tl.constexpr,
+):
+    """dist[n, k] = sum_d (x[n, d] - c[k, d])^2 (fp32, d in order); code = first argmin;
+    partial sums over this program's BLOCK_N vectors: sums[k, d] = sum w x[n, d] [code = k]."""
+    p = tl.program_id(0).to(tl.int64)
+    chunk = tl.program_id(1).to(tl.int64)
+    block = p // R
+    n = chunk * BLOCK_N + tl.arange(0, BLOCK_N)  # [BLOCK_N]
+    k = tl.arange(0, K_PAD)  # [K_PAD]
+    n_mask, k_mask = n < N, k < K
+    x_row = x_ptr + block * N * D
+    c_row = centroids_ptr + p * K * D
+    dist = tl.zeros([BLOCK_N, K_PAD], tl.float32)
+    for d in tl.static_range(D):
+        xd = tl.load(x_row + n * D + d, mask=n_mask, other=0.0).to(tl.float32)
+        cd = tl.load(c_row + k * D + d, mask=k_mask, other=0.0).to(tl.float32)
+        diff = xd[:, None] - cd[None, :]
+        dist += diff * diff
+    dist = tl.where(k_mask[None, :], dist, float("inf"))
+    code = tl.argmin(dist, axis=1, tie_break_left=True)  # [BLOCK_N]
+    best = tl.min(dist, axis=1)
+    tl.store(codes_ptr + p * N + n, code.to(tl.uint8), mask=n_mask)
+    tl.store(distances_ptr + p * N + n, best, mask=n_mask)
+    if HAS_WEIGHTS:
+        w = tl.load(weights_ptr + block * N + n, mask=n_mask, other=0.0).to(tl.float32)
+    else:
+        w = tl.where(n_mask, 1.0, 0.0)
+    member = tl.where((code[:, None] == k[None, :]) & n_mask[:, None], w[:, None], 0.0)
+    out = (p * CHUNKS + chunk) * K
+    tl.store(counts_ptr + out + k, tl.sum(member, axis=0), mask=k_mask)
+    for d in tl.static_range(D):
+        xd = tl.load(x_row + n * D + d, mask=n_mask, other=0.0).to(tl.float32)
+        tl.store(sums_ptr + (out + k) * D + d, tl.sum(member * xd[:, None], axis=0), mask=k_mask)
+
+
+def assign_update(
+    x: torch.Tensor,
+    centroids: torch.Tensor,
+    weights: torch.Tensor | None = None,
+    launch: AssignUpdateLaunch | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Same contract as the twin; sums and counts are reduced over programs in fixed order."""
+    g, n, d = x.shape
+    p, k, _ = centroids.shape
+    launch = launch or assign_update_launch(n, k)
+    chunks = triton.cdiv(n, launch.block_n)
+    device = x.device
+    codes = torch.empty((p, n), dtype=torch.uint8, device=device)
+    distances = torch.empty((p, n), dtype=torch.float32, device=device)
+    sums = torch.zeros((p, chunks, k, d), dtype=torch.float32, device=device)
+    counts = torch.zeros((p, chunks, k), dtype=torch.float32, device=device)
+    if n:
+        w = weights.to(torch.float32).contiguous() if weights is not None else x
+        _assign_update_kernel[(p, chunks)](
+            x.to(torch.float32).contiguous(), centroids.to(torch.float32).contiguous(), w,
+            codes, distances, sums, counts, n, k, p // g, chunks,
+            D=d, K_PAD=triton.next_power_of_2(k), HAS_WEIGHTS=weights is not None,
+            BLOCK_N=launch.block_n, num_warps=launch.num_warps,
+        )  # fmt: skip
+    return codes, distances, sums.double().sum(1), counts.double().sum(1)
