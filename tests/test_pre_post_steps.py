@@ -112,7 +112,7 @@ def test_pipeline_with_pre_and_post_steps(spec):
         result = results[target.qualified_name]
         decoded = result.dequantize()
         assert decoded.shape == target.tensor.shape
-        for g, lut in enumerate(result.lut):  # every block: at most 2^n_bits distinct vectors
+        for lut in result.lut:  # every block: at most 2^n_bits distinct vectors
             assert len(torch.unique(lut, dim=0)) <= 2**spec.n_bits
         quantized = result.lut_quantization
         assert quantized is not None and torch.equal(quantized.lut, result.lut)
