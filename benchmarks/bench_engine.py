@@ -34,11 +34,20 @@ TINY = (64, 32)
 
 
 def config_dict(n_bits, group_size, cluster_dim):
-    granularity = ({"type": "per_grouped_channel", "axis": 0, "group_size": group_size}
-                   if group_size else {"type": "per_tensor"})
+    granularity = (
+        {"type": "per_grouped_channel", "axis": 0, "group_size": group_size}
+        if group_size
+        else {"type": "per_tensor"}
+    )
     spec = {"n_bits": n_bits, "granularity": granularity, "cluster_dim": cluster_dim}
-    return {"kmeans_palettization_config": {"global_config": {
-        "op_state_spec": {"weight": spec}, "enable_fast_kmeans_mode": cluster_dim == 1}}}
+    return {
+        "kmeans_palettization_config": {
+            "global_config": {
+                "op_state_spec": {"weight": spec},
+                "enable_fast_kmeans_mode": cluster_dim == 1,
+            }
+        }
+    }
 
 
 def linear(rows, cols):
@@ -62,7 +71,8 @@ def reference(model, config):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         prepared = KMeansPalettizer(model, ReferenceConfig.from_dict(config)).prepare(
-            (torch.randn(1, model[0].in_features),))
+            (torch.randn(1, model[0].in_features),)
+        )
     return prepared[0].weight.detach()
 
 
@@ -91,17 +101,30 @@ def test_palettize_linear(benchmark, name):
     decoded, first_seconds = timed(ours, linear(rows, cols), config)
     assert distinct_per_block(decoded, group_size, cluster_dim) <= 2**n_bits
     ours_mse = float(((decoded - weight) ** 2).mean())
-    benchmark.pedantic(ours, args=(linear(rows, cols), config), rounds=3 if not
-                       benchmark.disabled else 1, iterations=1)
+    benchmark.pedantic(
+        ours,
+        args=(linear(rows, cols), config),
+        rounds=3 if not benchmark.disabled else 1,
+        iterations=1,
+    )
     stats = benchmark.stats.stats if benchmark.stats else None
     ours_seconds = stats.min if stats else first_seconds
-    info = {"shape": [rows, cols], "n_bits": n_bits, "group_size": group_size,
-            "cluster_dim": cluster_dim, "ours_s": ours_seconds,
-            "ours_rel_mse": ours_mse / float((weight**2).mean())}
+    info = {
+        "shape": [rows, cols],
+        "n_bits": n_bits,
+        "group_size": group_size,
+        "cluster_dim": cluster_dim,
+        "ours_s": ours_seconds,
+        "ours_rel_mse": ours_mse / float((weight**2).mean()),
+    }
     if HAS_REFERENCE:
         theirs, reference_seconds = timed(reference, linear(rows, cols), config)
         reference_mse = float(((theirs - weight) ** 2).mean())
-        info.update({"reference_s": reference_seconds,
-                     "speedup_vs_reference": reference_seconds / ours_seconds,
-                     "mse_ratio_vs_reference": ours_mse / reference_mse})
+        info.update(
+            {
+                "reference_s": reference_seconds,
+                "speedup_vs_reference": reference_seconds / ours_seconds,
+                "mse_ratio_vs_reference": ours_mse / reference_mse,
+            }
+        )
     benchmark.extra_info.update(info)

@@ -119,3 +119,19 @@ def test_pipeline_with_pre_and_post_steps(spec):
         rel = ((decoded - target.tensor) ** 2).sum() / (target.tensor**2).sum()
         assert rel < 2 ** (-spec.n_bits / spec.cluster_dim)  # well under the bit-rate scale
         assert result.packed_bytes() < target.tensor.numel() * 2
+
+
+def test_bad_weights_name_the_layer():
+    model, config = model_and_config(PalettizationSpec(n_bits=2))
+    with torch.no_grad():
+        model[2].weight[3, 1] = float("nan")
+    with pytest.raises(ValueError, match=r"2\.weight: weight of shape \[8, 16\] contains NaN"):
+        palettize_targets(find_targets(model, config))
+
+
+def test_incompatible_layer_warns_and_stays_dense():
+    model, _ = model_and_config(PalettizationSpec())
+    config = KMeansPalettizerConfig.presets.w4(group_size=16)  # 8 rows of layer 2: not divisible
+    with pytest.warns(UserWarning, match=r"2\.weight left dense: .*\[8, 16\].*group_size=16"):
+        targets = find_targets(model, config)
+    assert [t.qualified_name for t in targets] == ["0.weight"]

@@ -55,6 +55,11 @@ def palettize_targets(targets: list[WeightTarget]) -> dict[str, PalettizedWeight
     """Palettize weights; blocks of equal (N, D, n_bits, fast mode) share one engine call."""
     batches: dict[tuple, list[WeightTarget]] = defaultdict(list)
     for t in targets:
+        if not bool(torch.isfinite(t.tensor).all()):
+            raise ValueError(
+                f"{t.qualified_name}: weight of shape {list(t.tensor.shape)} "
+                f"contains NaN or inf; palettization needs finite weights"
+            )
         key = (t.layout.block_vectors, t.layout.cluster_dim, t.spec.n_bits, t.rounding_precision)
         batches[key].append(t)
     results = {}
