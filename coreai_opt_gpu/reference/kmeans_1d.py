@@ -112,9 +112,3 @@ def assign_1d(x: np.ndarray, centroids: np.ndarray) -> np.ndarray:
     # x > mid iff x > round_down_f32(mid) for float32 x: one flat search of sorted midpoints
     return SortedRows(round_down_to_float32(mids)).search(x, "left").astype(np.uint8)
 
-
-def segment_inertia(values: np.ndarray, weights: np.ndarray, centroids: np.ndarray) -> np.ndarray:
-    """Weighted squared error of sorted rows [G, M] around their nearest centroids -> [G]."""
-    codes = assign_1d(values, centroids)
-    nearest = np.take_along_axis(centroids, codes.astype(np.int64), 1)
-    return np.sum(weights * (values.astype(np.float64) - nearest) ** 2, axis=1)
