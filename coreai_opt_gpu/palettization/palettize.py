@@ -7,6 +7,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 
 import torch
+from tqdm.auto import tqdm
 
 from coreai_opt_gpu.engine import cluster_blocks
 from coreai_opt_gpu.engine.lut_quant import QuantizedLut, quantize_lut
@@ -51,8 +52,17 @@ def per_channel_scale(weight: torch.Tensor) -> torch.Tensor:
     return torch.where(scale > 0, scale, torch.ones_like(scale))
 
 
-def palettize_targets(targets: list[WeightTarget]) -> dict[str, PalettizedWeight]:
-    """Palettize weights; blocks of equal (N, D, n_bits, fast mode) share one engine call."""
+def palettize_targets(
+    targets: list[WeightTarget],
+    sensitivities: dict[str, torch.Tensor] | None = None,
+    progress: bool = False,
+) -> dict[str, PalettizedWeight]:
+    """Palettize weights; blocks of equal (N, D, n_bits, fast mode) share one engine call.
+
+    `sensitivities` maps a weight's qualified name to non-negative importances shaped like
+    the weight (summed over each vector) that weight its k-means; `progress` shows a bar.
+    """
+    sensitivities = sensitivities or {}
     batches: dict[tuple, list[WeightTarget]] = defaultdict(list)
     for t in targets:
         if not bool(torch.isfinite(t.tensor).all()):
@@ -63,6 +73,7 @@ def palettize_targets(targets: list[WeightTarget]) -> dict[str, PalettizedWeight
         key = (t.layout.block_vectors, t.layout.cluster_dim, t.spec.n_bits, t.rounding_precision)
         batches[key].append(t)
     results = {}
+    bar = tqdm(total=len(targets), desc="Palettizing layers", unit="weight", disable=not progress)
     for (_, _, n_bits, precision), batch in batches.items():
         scales = [
             per_channel_scale(t.tensor) if t.spec.enable_per_channel_scale else None for t in batch
@@ -73,7 +84,8 @@ def palettize_targets(targets: list[WeightTarget]) -> dict[str, PalettizedWeight
                 for t, scale in zip(batch, scales, strict=True)
             ]
         )
-        clustering = cluster_blocks(blocks, n_bits, rounding_precision=precision)
+        weights = _block_weights(batch, sensitivities)
+        clustering = cluster_blocks(blocks, n_bits, weights, rounding_precision=precision)
         start = 0
         for t, scale in zip(batch, scales, strict=True):
             stop = start + t.layout.num_blocks
@@ -86,7 +98,31 @@ def palettize_targets(targets: list[WeightTarget]) -> dict[str, PalettizedWeight
                 t.spec, t.layout, lut, indices, scale, quantized
             )
             start = stop
+        bar.update(len(batch))
+    bar.close()
     return results
+
+
+def _block_weights(
+    batch: list[WeightTarget], sensitivities: dict[str, torch.Tensor]
+) -> torch.Tensor | None:
+    """Sample weights [G, N] of a batch (1 where a weight has no sensitivities), or None."""
+    if not any(t.qualified_name in sensitivities for t in batch):
+        return None
+    parts = []
+    for t in batch:
+        sensitivity = sensitivities.get(t.qualified_name)
+        if sensitivity is None:
+            sensitivity = torch.ones_like(t.tensor, dtype=torch.float32)
+        if sensitivity.shape != t.tensor.shape:
+            raise ValueError(
+                f"{t.qualified_name}: sensitivities of shape "
+                f"{list(sensitivity.shape)} do not match the weight "
+                f"{list(t.tensor.shape)}"
+            )
+        blocks = t.layout.to_blocks(sensitivity.detach().float().to(t.tensor.device))
+        parts.append(blocks.sum(-1))
+    return torch.cat(parts)
 
 
 def _scaled(weight: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor:

@@ -16,16 +16,22 @@ from coreai_opt_gpu.palettization.layout import (
 )
 from coreai_opt_gpu.palettization.spec import PalettizationSpec
 
-# module class -> op type, for modules whose `weight` is the op's weight.
-MODULE_OP_TYPES: dict[type[nn.Module], str] = {
-    nn.Linear: "linear",
-    nn.Conv1d: "conv1d",
-    nn.Conv2d: "conv2d",
-    nn.Conv3d: "conv3d",
-    nn.ConvTranspose1d: "conv_transpose1d",
-    nn.ConvTranspose2d: "conv_transpose2d",
-    nn.ConvTranspose3d: "conv_transpose3d",
-    nn.Embedding: "embedding",
+# module class -> (op type, state name) of each weight the module feeds to an op.
+MODULE_STATES: dict[type[nn.Module], tuple[tuple[str, str], ...]] = {
+    nn.Linear: (("linear", "weight"),),
+    nn.Conv1d: (("conv1d", "weight"),),
+    nn.Conv2d: (("conv2d", "weight"),),
+    nn.Conv3d: (("conv3d", "weight"),),
+    nn.ConvTranspose1d: (("conv_transpose1d", "weight"),),
+    nn.ConvTranspose2d: (("conv_transpose2d", "weight"),),
+    nn.ConvTranspose3d: (("conv_transpose3d", "weight"),),
+    nn.Embedding: (("embedding", "weight"),),
+    # attention projects q, k, v with one linear call on in_proj_weight (or three, when the
+    # key/value sizes differ); out_proj is an nn.Linear of its own
+    nn.MultiheadAttention: tuple(
+        ("linear", name)
+        for name in ("in_proj_weight", "q_proj_weight", "k_proj_weight", "v_proj_weight")
+    ),
 }
 
 
@@ -49,32 +55,36 @@ class WeightTarget:
         return getattr(self.module, self.state_name)
 
 
-def op_type_of(module: nn.Module) -> str | None:
+def module_states(module: nn.Module) -> tuple[tuple[str, str], ...]:
+    """(op type, state name) of the module's palettizable weights that exist."""
     for cls in type(module).__mro__:
-        if cls in MODULE_OP_TYPES:
-            return MODULE_OP_TYPES[cls]
-    return None
+        if cls in MODULE_STATES:
+            return tuple(
+                (op, state)
+                for op, state in MODULE_STATES[cls]
+                if isinstance(getattr(module, state, None), torch.Tensor)
+            )
+    return ()
 
 
 def find_targets(model: nn.Module, config: object) -> list[WeightTarget]:
     """Every module weight the config palettizes; incompatible ones warn and stay dense."""
     targets = []
     for name, module in model.named_modules():
-        op_type = op_type_of(module)
-        if op_type is None:
-            continue
-        site = SpecSite(name, type(module), op_type, op_name=name, name="weight")
-        spec = resolve_spec(config, site)
-        if spec is None:
-            continue
-        weight = module.weight
-        try:
-            layout = palette_layout(tuple(weight.shape), spec, op_type)
-        except IncompatibleWeightError as err:
-            warnings.warn(f"{name}.weight left dense: {err}", stacklevel=2)
-            continue
-        module_config = select_module_config(config, name, type(module))
-        fast = module_config.enable_fast_kmeans_mode and spec.cluster_dim == 1
-        precision = module_config.rounding_precision if fast else None
-        targets.append(WeightTarget(name, module, "weight", spec, layout, precision))
+        for op_type, state in module_states(module):
+            site = SpecSite(name, type(module), op_type, op_name=name, name=state)
+            spec = resolve_spec(config, site)
+            if spec is None:
+                continue
+            qualified = f"{name}.{state}" if name else state
+            weight = getattr(module, state)
+            try:
+                layout = palette_layout(tuple(weight.shape), spec, op_type)
+            except IncompatibleWeightError as err:
+                warnings.warn(f"{qualified} left dense: {err}", stacklevel=2)
+                continue
+            module_config = select_module_config(config, name, type(module))
+            fast = module_config.enable_fast_kmeans_mode and spec.cluster_dim == 1
+            precision = module_config.rounding_precision if fast else None
+            targets.append(WeightTarget(name, module, state, spec, layout, precision))
     return targets

@@ -111,4 +111,3 @@ def assign_1d(x: np.ndarray, centroids: np.ndarray) -> np.ndarray:
         return codes
     # x > mid iff x > round_down_f32(mid) for float32 x: one flat search of sorted midpoints
     return SortedRows(round_down_to_float32(mids)).search(x, "left").astype(np.uint8)
-
