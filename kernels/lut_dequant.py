@@ -1,4 +1,5 @@
-"""Fused LUT-gather dequant: uint8 indices + per-block LUT (+ row scale) -> weight."""
+"""Fused LUT-gather dequant: uint8 indices (plain or bit-packed) + per-block LUT (+ row
+scale) -> weight."""
 
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ def lut_dequant_launch(v: int, m: int) -> LutDequantLaunch:
 
 @triton.jit
 def _lut_dequant_kernel(
-    idx_ptr,  # [V, M] uint8, M = C * T
+    idx_ptr,  # [V, ROW_BYTES] uint8: M = C * T codes per row, N_BITS bits each
     lut_ptr,  # [G0, G1, K, D]
     scale_ptr,  # [V * D] (unused when HAS_SCALE is False)
     out_ptr,  # [V * D, M]
@@ -38,19 +39,30 @@ def _lut_dequant_kernel(
     rows_per_block,
     cols_per_block,
     G1,
+    ROW_BYTES,
     D: tl.constexpr,  # cluster_dim: the loop over vector components is unrolled
     HAS_SCALE: tl.constexpr,  # per-row scale multiply compiled in only when given
+    N_BITS: tl.constexpr,  # 8: one byte per code; else a little-endian bit stream per row
     BLOCK_V: tl.constexpr,
     BLOCK_M: tl.constexpr,
 ):
-    """out[v*D + j, m] = lut[v // rows_per_block, (m // T) // cols_per_block, idx[v, m], j]
+    """out[v*D + j, m] = lut[v // rows_per_block, (m // T) // cols_per_block, code[v, m], j]
     * scale[v*D + j]; codes >= K give NaN. fp32 math, one cast at the store."""
     pid_v = tl.program_id(0).to(tl.int64)
     pid_m = tl.program_id(1).to(tl.int64)
     v = pid_v * BLOCK_V + tl.arange(0, BLOCK_V)  # [BLOCK_V]
     m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)  # [BLOCK_M]
     mask = (v[:, None] < V) & (m[None, :] < M)  # [BLOCK_V, BLOCK_M]
-    code = tl.load(idx_ptr + v[:, None] * M + m[None, :], mask=mask, other=0).to(tl.int64)
+    if N_BITS == 8:
+        code = tl.load(idx_ptr + v[:, None] * ROW_BYTES + m[None, :], mask=mask, other=0)
+        code = code.to(tl.int64)
+    else:  # a code may straddle two bytes: read both, shift, mask
+        bit = m * N_BITS  # [BLOCK_M]
+        byte = v[:, None] * ROW_BYTES + (bit // 8)[None, :]
+        has_next = mask & ((bit // 8 + 1) < ROW_BYTES)[None, :]
+        low = tl.load(idx_ptr + byte, mask=mask, other=0).to(tl.int64)
+        high = tl.load(idx_ptr + byte + 1, mask=has_next, other=0).to(tl.int64)
+        code = ((low | (high << 8)) >> (bit % 8)[None, :]) & ((1 << N_BITS) - 1)
     block = (v // rows_per_block)[:, None] * G1 + ((m // T) // cols_per_block)[None, :]
     lut_offset = (block * K + code) * D  # [BLOCK_V, BLOCK_M]
     valid = mask & (code < K)
@@ -77,32 +89,57 @@ def lut_dequant(
     `out` (contiguous [V * D, C, T]) receives the result (tests pass it NaN-poisoned).
     """
     v, c, t = indices.shape
-    g0, g1, k, d = lut.shape
+    d = lut.shape[-1]
     if out is None:
         out = torch.empty((v * d, c, t), dtype=out_dtype, device=indices.device)
     m = c * t
     if out.numel() == 0:
         return out
+    _launch(indices.reshape(v, m), lut, row_scale, out, 8, c, t, launch)
+    return out
+
+
+def lut_dequant_packed(
+    packed: torch.Tensor,
+    lut: torch.Tensor,
+    row_scale: torch.Tensor | None,
+    out_dtype: torch.dtype,
+    n_bits: int,
+    channels: int,
+    taps: int,
+    launch: LutDequantLaunch | None = None,
+) -> torch.Tensor:
+    """`lut_dequant` on indices packed at n_bits per row: packed [V, ceil(C*T*n_bits/8)].
+
+    Same contract as `coreai_opt_gpu.reference.lut_dequant_packed`.
+    """
+    v, d = packed.shape[0], lut.shape[-1]
+    out = torch.empty((v * d, channels, taps), dtype=out_dtype, device=packed.device)
+    if out.numel():
+        _launch(packed, lut, row_scale, out, n_bits, channels, taps, launch)
+    return out
+
+
+def _launch(
+    codes: torch.Tensor,
+    lut: torch.Tensor,
+    row_scale: torch.Tensor | None,
+    out: torch.Tensor,
+    n_bits: int,
+    channels: int,
+    taps: int,
+    launch: LutDequantLaunch | None,
+) -> None:
+    """codes [V, ROW_BYTES] (one byte per code when n_bits == 8) -> out [V * D, C, T]."""
+    v = codes.shape[0]
+    g0, g1, k, d = lut.shape
+    m = channels * taps
     launch = launch or lut_dequant_launch(v, m)
-    indices, lut = indices.contiguous(), lut.contiguous()
+    codes, lut = codes.contiguous(), lut.contiguous()
     scale = row_scale.contiguous() if row_scale is not None else lut  # dummy pointer
     grid = (triton.cdiv(v, launch.block_v), triton.cdiv(m, launch.block_m))
     _lut_dequant_kernel[grid](
-        indices,
-        lut,
-        scale,
-        out,
-        v,
-        m,
-        t,
-        k,
-        v // g0,
-        c // g1,
-        g1,
-        D=d,
-        HAS_SCALE=row_scale is not None,
-        BLOCK_V=launch.block_v,
-        BLOCK_M=launch.block_m,
-        num_warps=launch.num_warps,
-    )
-    return out
+        codes, lut, scale, out, v, m, taps, k, v // g0, channels // g1, g1, codes.shape[1],
+        D=d, HAS_SCALE=row_scale is not None, N_BITS=n_bits,
+        BLOCK_V=launch.block_v, BLOCK_M=launch.block_m, num_warps=launch.num_warps,
+    )  # fmt: skip

@@ -14,6 +14,7 @@ from coreai_opt_gpu import reference
 from coreai_opt_gpu.backend import BACKEND_ENV
 from coreai_opt_gpu.kernels.lut_dequant import LutDequantLaunch, lut_dequant, lut_dequant_launch
 from coreai_opt_gpu.ops import lut_dequant as lut_dequant_op
+from coreai_opt_gpu.ops import lut_dequant_packed as lut_dequant_packed_op
 from coreai_opt_gpu.palettization.layout import palette_layout
 from coreai_opt_gpu.palettization.spec import PalettizationSpec, PerGroupedChannelGranularity
 from tests.conftest import HAS_CUDA
@@ -242,3 +243,56 @@ def test_twin_matches_plain_numpy_gather():
                     code = int(indices[v, c, t])
                     want[v * 2 + j, c, t] = lut[v // 2, c // 2, code, j] * row_scale[v * 2 + j]
     assert np.array_equal(got, want)
+
+
+@pytest.mark.parametrize("n_bits", [1, 2, 3, 4, 6, 8])
+@pytest.mark.parametrize(
+    ("shape", "blocks", "d"),
+    [((5, 7, 3), (1, 1), 1), ((4, 6, 1), (2, 3), 2), ((3, 1, 1), (3, 1), 4)],
+    ids=["odd-conv", "tiles-vector", "one-column"],
+)
+@pytest.mark.parametrize("launch", [None, LutDequantLaunch(2, 4, 1)], ids=["auto", "2x4"])
+def test_packed_kernel_matches_twin_exactly(n_bits, shape, blocks, d, launch, device):
+    from coreai_opt_gpu.kernels.lut_dequant import lut_dequant_packed
+
+    k = 2**n_bits
+    indices, lut, row_scale = make_inputs(shape, blocks, k, d, device="cpu", seed=n_bits)
+    v, c, t = shape
+    packed = torch.from_numpy(reference.pack_indices(indices.reshape(v, -1).numpy(), n_bits))
+    expected = reference.lut_dequant_packed(
+        packed.numpy(), lut.numpy(), row_scale.numpy(), n_bits, c, t
+    )
+    assert np.array_equal(
+        expected, reference.lut_dequant(indices.numpy(), lut.numpy(), row_scale.numpy())
+    )
+    got = lut_dequant_packed(
+        packed.to(device), lut.to(device), row_scale.to(device), torch.float32, n_bits, c, t, launch
+    )
+    assert torch.equal(got.cpu(), torch.from_numpy(expected))
+    via_op = lut_dequant_packed_op(
+        packed.to(device), lut.to(device), row_scale.to(device), torch.float32, n_bits, c, t
+    )
+    assert torch.equal(via_op.cpu(), torch.from_numpy(expected))
+
+
+def test_packed_op_rejects_bad_input():
+    indices, lut, _ = make_inputs((2, 4, 1), (1, 1), 16, 1)
+    packed = torch.from_numpy(reference.pack_indices(indices.reshape(2, -1).numpy(), 4))
+    with pytest.raises(ValueError, match=r"packed must be uint8 \[V, 2\]"):
+        lut_dequant_packed_op(packed[:, :1], lut, None, torch.float32, 4, 4, 1)
+    with pytest.raises(ValueError, match="n_bits=5"):
+        lut_dequant_packed_op(packed, lut, None, torch.float32, 5, 4, 1)
+    with pytest.raises(ValueError, match="do not fit"):
+        reference.pack_indices(np.array([[16]], np.uint8), 4)
+
+
+@pytest.mark.parametrize("n_bits", [1, 2, 3, 4, 6, 8])
+def test_packing_round_trip_and_bit_order(n_bits):
+    rng = np.random.default_rng(n_bits)
+    for m in (1, 5, 8, 33):
+        codes = rng.integers(0, 2**n_bits, (3, m)).astype(np.uint8)
+        packed = reference.pack_indices(codes, n_bits)
+        assert packed.shape == (3, (m * n_bits + 7) // 8)
+        assert np.array_equal(reference.unpack_indices(packed, n_bits, m), codes)
+    stream = sum(int(c) << (i * n_bits) for i, c in enumerate(codes[0]))  # little-endian
+    assert int.from_bytes(packed[0].tobytes(), "little") == stream

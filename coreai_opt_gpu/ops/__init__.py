@@ -2,6 +2,6 @@
 
 from coreai_opt_gpu.ops.kmeans_1d import assign_1d, lloyd_1d
 from coreai_opt_gpu.ops.kmeans_vector import assign_update
-from coreai_opt_gpu.ops.lut_dequant import lut_dequant
+from coreai_opt_gpu.ops.lut_dequant import lut_dequant, lut_dequant_packed
 
-__all__ = ["assign_1d", "assign_update", "lloyd_1d", "lut_dequant"]
+__all__ = ["assign_1d", "assign_update", "lloyd_1d", "lut_dequant", "lut_dequant_packed"]

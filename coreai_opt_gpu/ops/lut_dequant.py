@@ -84,3 +84,57 @@ def lut_dequant(
     """
     check_lut_dequant_inputs(indices, lut, row_scale, out_dtype)
     return _lut_dequant_op(indices, lut, row_scale, out_dtype)
+
+
+PACKED_BITS = (1, 2, 3, 4, 6, 8)
+
+
+@torch.library.custom_op("coreai_opt_gpu::lut_dequant_packed", mutates_args=())
+def _lut_dequant_packed_op(
+    packed: torch.Tensor,
+    lut: torch.Tensor,
+    row_scale: torch.Tensor | None,
+    out_dtype: torch.dtype,
+    n_bits: int,
+    channels: int,
+    taps: int,
+) -> torch.Tensor:
+    if choose_backend(packed, lut) == Backend.TRITON:
+        from coreai_opt_gpu.kernels.lut_dequant import lut_dequant_packed as triton_packed
+
+        return triton_packed(packed, lut, row_scale, out_dtype, n_bits, channels, taps)
+    scale = None if row_scale is None else _host_float32(row_scale)
+    out = reference.lut_dequant_packed(
+        packed.detach().cpu().numpy(), _host_float32(lut), scale, n_bits, channels, taps
+    )
+    return torch.from_numpy(out).to(device=packed.device, dtype=out_dtype)
+
+
+@_lut_dequant_packed_op.register_fake
+def _(packed, lut, row_scale, out_dtype, n_bits, channels, taps):
+    return packed.new_empty((packed.shape[0] * lut.shape[-1], channels, taps), dtype=out_dtype)
+
+
+def lut_dequant_packed(
+    packed: torch.Tensor,
+    lut: torch.Tensor,
+    row_scale: torch.Tensor | None,
+    out_dtype: torch.dtype,
+    n_bits: int,
+    channels: int,
+    taps: int,
+) -> torch.Tensor:
+    """`lut_dequant` from indices packed at n_bits per row: packed [V, ceil(C*T*n_bits/8)]
+    uint8 (see `reference.packing`) -> weight [V * D, C, T]."""
+    if n_bits not in PACKED_BITS:
+        raise ValueError(f"n_bits={n_bits} is not supported; allowed: {PACKED_BITS}")
+    row_bytes = reference.packed_row_bytes(channels * taps, n_bits)
+    if packed.dtype != torch.uint8 or packed.dim() != 2 or packed.shape[1] != row_bytes:
+        raise ValueError(
+            f"packed must be uint8 [V, {row_bytes}] for {channels} x {taps} codes "
+            f"of {n_bits} bits, got {packed.dtype} {list(packed.shape)}"
+        )
+    check_lut_dequant_inputs(
+        packed.new_empty((packed.shape[0], channels, taps)), lut, row_scale, out_dtype
+    )
+    return _lut_dequant_packed_op(packed, lut, row_scale, out_dtype, n_bits, channels, taps)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import torch
@@ -9,12 +10,15 @@ from safetensors.torch import load_file
 from torch import nn
 from torch.nn.utils import parametrize
 
+from coreai_opt_gpu.export import ExportBackend
 from coreai_opt_gpu.palettization.config import KMeansPalettizerConfig
+from coreai_opt_gpu.palettization.finalize import CompressionReport, finalize_torch
 from coreai_opt_gpu.palettization.palettize import palettize_targets
 from coreai_opt_gpu.palettization.parametrization import FakePalettize
 from coreai_opt_gpu.palettization.targets import find_targets
 
 PREPARED_MARK = "_coreai_opt_gpu_prepared"
+logger = logging.getLogger(__name__)
 
 
 class KMeansPalettizer:
@@ -31,6 +35,7 @@ class KMeansPalettizer:
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         self.model = model
         self.config = config if config is not None else KMeansPalettizerConfig()
+        self.report: CompressionReport | None = None
 
     def prepare(
         self,
@@ -75,6 +80,39 @@ class KMeansPalettizer:
             )
         self.model.register_buffer(PREPARED_MARK, torch.tensor(True), persistent=False)
         return self.model
+
+    def finalize(
+        self,
+        model: nn.Module | None = None,
+        backend: ExportBackend = ExportBackend.CoreAI,
+        *,
+        mmap_dir: str | Path | None = None,
+    ) -> nn.Module:
+        """Convert the fake-palettized weights for `backend` and clear the prepared mark.
+
+        ExportBackend.Torch: indices bit-packed at n_bits, dense weights freed, weights
+        decoded by the packed dequant op on access (see `finalize.finalize_torch`); the
+        figures are in `self.report`. The Core AI and Core ML backends are not built yet.
+        """
+        model = self.model if model is None else model
+        if not is_prepared(model):
+            raise RuntimeError("the model is not prepared for palettization: call prepare first")
+        backend = ExportBackend(backend)
+        if backend != ExportBackend.Torch:
+            raise ValueError(
+                f"backend={backend.name} is not available yet; available: ExportBackend.Torch"
+            )
+        if mmap_dir is not None:
+            raise ValueError("mmap_dir is not supported yet: pass None")
+        self.report = finalize_torch(model)
+        logger.info(
+            "finalized %d weights: %.2f bits per weight, %.1f MiB saved",
+            self.report.weights,
+            self.report.bits_per_weight,
+            self.report.saved_bytes / 2**20,
+        )
+        delattr(model, PREPARED_MARK)
+        return model
 
 
 def is_prepared(model: nn.Module) -> bool:

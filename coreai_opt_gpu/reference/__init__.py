@@ -13,7 +13,8 @@ from coreai_opt_gpu.reference.kmeans_1d import (
 )
 from coreai_opt_gpu.reference.kmeans_1d_exact import kmeans_1d_exact
 from coreai_opt_gpu.reference.kmeans_vector import assign_update
-from coreai_opt_gpu.reference.lut_dequant import lut_dequant
+from coreai_opt_gpu.reference.lut_dequant import lut_dequant, lut_dequant_packed
+from coreai_opt_gpu.reference.packing import pack_indices, packed_row_bytes, unpack_indices
 
 __all__ = [
     "SortedRows",
@@ -23,5 +24,9 @@ __all__ = [
     "kmeans_1d_exact",
     "lloyd_1d",
     "lut_dequant",
+    "lut_dequant_packed",
+    "pack_indices",
+    "packed_row_bytes",
     "prefix_sums",
+    "unpack_indices",
 ]

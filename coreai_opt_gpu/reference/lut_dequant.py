@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from coreai_opt_gpu.reference.packing import unpack_indices
+
 
 def lut_dequant(
     indices: np.ndarray, lut: np.ndarray, row_scale: np.ndarray | None = None
@@ -28,3 +30,17 @@ def lut_dequant(
     if row_scale is not None:
         out = out * row_scale.astype(np.float32)[:, None, None]
     return out
+
+
+def lut_dequant_packed(
+    packed: np.ndarray,
+    lut: np.ndarray,
+    row_scale: np.ndarray | None,
+    n_bits: int,
+    channels: int,
+    taps: int,
+) -> np.ndarray:
+    """`lut_dequant` on indices packed at n_bits per row ([V, ceil(C * T * n_bits / 8)]
+    uint8, see `reference.packing`). Returns [V * D, C, T] float32."""
+    codes = unpack_indices(packed, n_bits, channels * taps)
+    return lut_dequant(codes.reshape(len(packed), channels, taps), lut, row_scale)

@@ -1,0 +1,100 @@
+"""Finalize for plain PyTorch: bit-packed indices replace the dense weights.
+
+Each `FakePalettize` parametrization becomes a `PackedPalettize`: indices packed at n_bits
+(`reference.packing`), the LUT and scales as buffers, and the dense original replaced by an
+empty tensor, so the memory is really freed. `module.weight` is decoded on every access by the
+packed LUT-gather dequant op, which is a torch.library op: finalized models go through
+`torch.export`, and their state_dict saves with safetensors.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from coreai_opt_gpu import reference
+from coreai_opt_gpu.ops import lut_dequant_packed
+from coreai_opt_gpu.palettization.parametrization import DECODE_DTYPES, FakePalettize
+
+
+class PackedPalettize(nn.Module):
+    """Buffers: `packed` [V, ceil(C*T*n_bits/8)] uint8, `lut` [G, K, D] float32, `row_scale`,
+    `lut_scale`, `lut_zero_point` (empty when unused). Decodes to the weight's dtype."""
+
+    def __init__(self, fake: FakePalettize, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.layout = fake.layout
+        self.n_bits = fake.n_bits
+        self.dtype = dtype
+        v = self.layout.vectors
+        codes = fake.indices.reshape(v, -1).cpu().numpy()
+        packed = torch.from_numpy(reference.pack_indices(codes, self.n_bits))
+        self.register_buffer("packed", packed.to(fake.indices.device))
+        for name in ("lut", "row_scale", "lut_scale", "lut_zero_point"):
+            self.register_buffer(name, getattr(fake, name).clone())
+
+    def forward(self, original: torch.Tensor) -> torch.Tensor:
+        scale = self.row_scale if self.row_scale.numel() else None
+        out_dtype = self.dtype if self.dtype in DECODE_DTYPES else torch.float32
+        _, channels, taps = self.layout.index_shape
+        decoded = lut_dequant_packed(
+            self.packed,
+            self.layout.lut_view(self.lut),
+            scale,
+            out_dtype,
+            self.n_bits,
+            channels,
+            taps,
+        )
+        return decoded.reshape(self.layout.shape).to(self.dtype)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(b.numel() * b.element_size() for b in self.buffers())
+
+    def extra_repr(self) -> str:
+        return f"n_bits={self.n_bits}, packed={list(self.packed.shape)}, shape={self.layout.shape}"
+
+
+@dataclass(frozen=True)
+class CompressionReport:
+    """What finalize stored: weights replaced, their dense and compressed bytes."""
+
+    weights: int
+    elements: int
+    dense_bytes: int
+    compressed_bytes: int
+
+    @property
+    def bits_per_weight(self) -> float:
+        return 8 * self.compressed_bytes / max(self.elements, 1)
+
+    @property
+    def saved_bytes(self) -> int:
+        return self.dense_bytes - self.compressed_bytes
+
+
+def finalize_torch(model: nn.Module) -> CompressionReport:
+    """Replace every FakePalettize parametrization of `model` by a PackedPalettize."""
+    weights = elements = dense = compressed = 0
+    for module in model.modules():
+        if not parametrize.is_parametrized(module):
+            continue
+        for state in list(module.parametrizations.keys()):
+            chain = module.parametrizations[state]
+            if len(chain) != 1 or not isinstance(chain[0], FakePalettize):
+                continue
+            original = chain.original
+            packed = PackedPalettize(chain[0], original.dtype)
+            weights += 1
+            elements += original.numel()
+            dense += original.numel() * original.element_size()
+            compressed += packed.nbytes
+            parametrize.remove_parametrizations(module, state, leave_parametrized=False)
+            empty = torch.empty(0, dtype=original.dtype, device=original.device)
+            setattr(module, state, nn.Parameter(empty, requires_grad=False))
+            parametrize.register_parametrization(module, state, packed, unsafe=True)
+    return CompressionReport(weights, elements, dense, compressed)
