@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.nn.utils import parametrize
 
@@ -15,7 +17,7 @@ from coreai_opt_gpu.palettization.config import KMeansPalettizerConfig
 from coreai_opt_gpu.palettization.finalize import CompressionReport, finalize_torch
 from coreai_opt_gpu.palettization.palettize import palettize_targets
 from coreai_opt_gpu.palettization.parametrization import FakePalettize
-from coreai_opt_gpu.palettization.targets import find_targets
+from coreai_opt_gpu.palettization.targets import WeightTarget, find_targets
 
 PREPARED_MARK = "_coreai_opt_gpu_prepared"
 logger = logging.getLogger(__name__)
@@ -36,6 +38,7 @@ class KMeansPalettizer:
         self.model = model
         self.config = config if config is not None else KMeansPalettizerConfig()
         self.report: CompressionReport | None = None
+        self._targets: list[WeightTarget] = []
 
     def prepare(
         self,
@@ -71,6 +74,7 @@ class KMeansPalettizer:
                     f"{unknown[:5]}; palettized weights: {sorted(known)[:5]}"
                 )
         results = palettize_targets(targets, sensitivities, progress=True)
+        self._targets = targets
         for target in targets:
             parametrize.register_parametrization(
                 target.module,
@@ -80,6 +84,47 @@ class KMeansPalettizer:
             )
         self.model.register_buffer(PREPARED_MARK, torch.tensor(True), persistent=False)
         return self.model
+
+    @contextmanager
+    def calibration_mode(
+        self,
+        model: nn.Module | None = None,
+        *,
+        loss_fn: Callable[..., torch.Tensor],
+        sensitivity_path: str | Path | None = None,
+    ) -> Iterator[SensitivityCollector]:
+        """Collect squared gradients of the loss as weight sensitivities (SqueezeLLM), then
+        re-cluster every palettized weight with them as k-means sample weights on exit.
+
+            with palettizer.calibration_mode(loss_fn=F.cross_entropy) as calibration:
+                for inputs, labels in batches:
+                    calibration.step(model(inputs), labels)
+
+        Gradients reach the dense weights straight through the palettization in any mode
+        (eval keeps BatchNorm statistics still); parameter `.grad`s are cleared after each
+        step. The sensitivities are saved to `sensitivity_path` (safetensors) when given.
+        """
+        model = self.model if model is None else model
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        if not is_prepared(model) or not self._targets:
+            raise RuntimeError("calibration needs a prepared model: call prepare first")
+        fakes = [t.module.parametrizations[t.state_name][0] for t in self._targets]
+        collector = SensitivityCollector(model, self._targets, loss_fn)
+        for fake in fakes:
+            fake.straight_through = True
+        try:
+            yield collector
+        finally:
+            for fake in fakes:
+                fake.straight_through = False
+        if collector.steps == 0:
+            raise RuntimeError("calibration_mode ended without any step(output, target) call")
+        if sensitivity_path is not None:
+            save_sensitivities(collector.sensitivities, sensitivity_path)
+        results = palettize_targets(self._targets, collector.sensitivities, progress=True)
+        for target, fake in zip(self._targets, fakes, strict=True):
+            fake.update(results[target.qualified_name])
 
     def finalize(
         self,
@@ -113,6 +158,39 @@ class KMeansPalettizer:
         )
         delattr(model, PREPARED_MARK)
         return model
+
+
+class SensitivityCollector:
+    """Accumulates squared gradients of the dense weights, one `step` per batch."""
+
+    def __init__(
+        self, model: nn.Module, targets: list[WeightTarget], loss_fn: Callable[..., torch.Tensor]
+    ) -> None:
+        self.model = model
+        self.targets = targets
+        self.loss_fn = loss_fn
+        self.steps = 0
+        self.sensitivities: dict[str, torch.Tensor] = {
+            t.qualified_name: torch.zeros_like(t.tensor, dtype=torch.float32) for t in targets
+        }
+
+    def step(self, output: torch.Tensor, target: torch.Tensor) -> float:
+        """loss_fn(output, target), backward, accumulate grad^2; returns the loss."""
+        loss = self.loss_fn(output, target)
+        loss.backward()
+        for t in self.targets:
+            grad = t.tensor.grad
+            if grad is not None:
+                self.sensitivities[t.qualified_name] += grad.detach().float() ** 2
+        for parameter in self.model.parameters():
+            parameter.grad = None
+        self.steps += 1
+        return float(loss.detach())
+
+
+def save_sensitivities(sensitivities: dict[str, torch.Tensor], path: str | Path) -> None:
+    """Write {"<module>.<weight>": sensitivity} to a safetensors file for `prepare`."""
+    save_file({name: s.contiguous().cpu() for name, s in sensitivities.items()}, str(path))
 
 
 def is_prepared(model: nn.Module) -> bool:

@@ -41,14 +41,27 @@ class FakePalettize(nn.Module):
         self.layout: PaletteLayout = palettized.layout
         self.n_bits = palettized.spec.n_bits
         self.packed_bytes = palettized.packed_bytes()  # storage once indices are bit-packed
-        self.register_buffer("lut", palettized.lut.float().contiguous())
-        self.register_buffer("indices", palettized.indices.contiguous())
+        self.straight_through = False  # set during calibration: gradients in eval mode too
+        for name, value in self._buffers_of(palettized).items():
+            self.register_buffer(name, value)
+
+    @staticmethod
+    def _buffers_of(palettized: PalettizedWeight) -> dict[str, torch.Tensor]:
         empty = palettized.lut.new_empty(0)
-        row_scale = palettized.row_scale
-        self.register_buffer("row_scale", empty if row_scale is None else row_scale.float())
-        quantized = palettized.lut_quantization
-        self.register_buffer("lut_scale", empty if quantized is None else quantized.scale)
-        self.register_buffer("lut_zero_point", empty if quantized is None else quantized.zero_point)
+        row_scale, quantized = palettized.row_scale, palettized.lut_quantization
+        return {
+            "lut": palettized.lut.float().contiguous(),
+            "indices": palettized.indices.contiguous(),
+            "row_scale": empty if row_scale is None else row_scale.float(),
+            "lut_scale": empty if quantized is None else quantized.scale,
+            "lut_zero_point": empty if quantized is None else quantized.zero_point,
+        }
+
+    def update(self, palettized: PalettizedWeight) -> None:
+        """Replace the stored palettization (same weight, new clustering)."""
+        self.packed_bytes = palettized.packed_bytes()
+        for name, value in self._buffers_of(palettized).items():
+            setattr(self, name, value.to(getattr(self, name).device))
 
     def decode(self, dtype: torch.dtype) -> torch.Tensor:
         """The palettized weight in `dtype`, shaped like the original."""
@@ -59,7 +72,7 @@ class FakePalettize(nn.Module):
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
         decoded = self.decode(weight.dtype)
-        if self.training and weight.requires_grad:
+        if (self.training or self.straight_through) and weight.requires_grad:
             return _StraightThrough.apply(weight, decoded)
         return decoded
 

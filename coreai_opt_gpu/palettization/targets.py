@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 
 from coreai_opt_gpu.config.resolver import SpecSite, resolve_spec, select_module_config
 from coreai_opt_gpu.palettization.layout import (
@@ -52,6 +53,9 @@ class WeightTarget:
 
     @property
     def tensor(self) -> torch.Tensor:
+        """The dense weight (the parametrization's original once the module is prepared)."""
+        if parametrize.is_parametrized(self.module, self.state_name):
+            return self.module.parametrizations[self.state_name].original
         return getattr(self.module, self.state_name)
 
 
