@@ -211,3 +211,48 @@ def test_sensitivities_weight_the_clustering(tmp_path):
     save_file({"missing.weight": sensitivity}, str(path))
     with pytest.raises(ValueError, match="not palettized"):
         KMeansPalettizer(nn.Sequential(nn.Linear(64, 32)), config).prepare(sensitivity_path=path)
+
+
+def test_decoded_weight_cache_follows_the_buffers():
+    model = build(SmallTransformer, seed=0)
+    KMeansPalettizer(model, W4).prepare()
+    other = build(SmallTransformer, seed=1)
+    KMeansPalettizer(other, W4).prepare()
+    stale = other.mlp[0].weight.clone()  # decoded once and cached
+    assert other.mlp[0].weight is other.mlp[0].weight  # the cache serves repeated access
+    other.load_state_dict(model.state_dict())  # in-place copies into the buffers
+    assert torch.equal(other.mlp[0].weight, model.mlp[0].weight)
+    assert not torch.equal(other.mlp[0].weight, stale)
+
+
+class FunctionalBlock(nn.Module):
+    """Weights held as bare parameters and used through functional calls."""
+
+    def __init__(self):
+        super().__init__()
+        self.proj = nn.Parameter(torch.randn(32, 16) * 0.1)
+        self.kernel = nn.Parameter(torch.randn(16, 4, 3) * 0.1)
+        self.norm = nn.BatchNorm1d(16)
+        self.unused = nn.Parameter(torch.randn(16, 16))
+
+    def forward(self, x):  # x: [B, 4, L]
+        y = self.norm(torch.nn.functional.conv1d(x, self.kernel, padding=1))
+        return torch.nn.functional.linear(y.mean(-1), self.proj)
+
+
+def test_functional_weights_are_found_with_example_inputs():
+    torch.manual_seed(0)
+    model = nn.Sequential(FunctionalBlock(), nn.Linear(32, 16)).train()
+    x = torch.randn(2, 4, 8)
+    statistics = model[0].norm.running_mean.clone()
+    config = KMeansPalettizerConfig(
+        global_config=ModuleKMeansPalettizerConfig(op_state_spec={"*": PalettizationSpec(n_bits=2)})
+    )
+    KMeansPalettizer(model, config).prepare((x,))
+    assert set(palettized_states(model)) == {"0.proj", "0.kernel", "1.weight", "1.bias"}
+    assert len(torch.unique(model[0].proj)) <= 4 and len(torch.unique(model[0].kernel)) <= 4
+    assert torch.equal(model[0].norm.running_mean, statistics)  # the trace moved nothing
+    assert model.training and model[0].norm.training  # training flags restored
+    untraced = nn.Sequential(FunctionalBlock(), nn.Linear(32, 16))
+    KMeansPalettizer(untraced, config).prepare()  # no example inputs: module weights only
+    assert set(palettized_states(untraced)) == {"1.weight", "1.bias"}

@@ -48,19 +48,51 @@ class PalettizedWeight:
 
 def per_channel_scale(weight: torch.Tensor) -> torch.Tensor:
     """abs-max of every slice along dim 0 (0 -> 1): the per-channel scale [O] float32."""
-    scale = weight.detach().float().abs().flatten(1).amax(1)
+    scale = weight.detach().float().abs().reshape(weight.shape[0], -1).amax(1)
     return torch.where(scale > 0, scale, torch.ones_like(scale))
+
+
+DEFAULT_MEMORY_BUDGET = 2 * 2**30  # bytes of fp32 blocks sent to the engine at once
+
+
+def compute_device(targets: list[WeightTarget]) -> torch.device:
+    """Where the engine runs: the weights' device, or CUDA for CPU weights when present."""
+    weight_device = targets[0].tensor.device if targets else torch.device("cpu")
+    if weight_device.type == "cpu" and torch.cuda.is_available():
+        return torch.device("cuda")
+    return weight_device
+
+
+def chunks_within(batch: list[WeightTarget], budget: int) -> list[list[WeightTarget]]:
+    """Split a batch into runs whose fp32 blocks total at most `budget` bytes (a weight
+    larger than the budget goes alone)."""
+    chunks: list[list[WeightTarget]] = [[]]
+    used = 0
+    for target in batch:
+        size = target.tensor.numel() * 4
+        if chunks[-1] and used + size > budget:
+            chunks.append([])
+            used = 0
+        chunks[-1].append(target)
+        used += size
+    return chunks
 
 
 def palettize_targets(
     targets: list[WeightTarget],
     sensitivities: dict[str, torch.Tensor] | None = None,
     progress: bool = False,
+    *,
+    device: torch.device | str | None = None,
+    memory_budget: int = DEFAULT_MEMORY_BUDGET,
 ) -> dict[str, PalettizedWeight]:
-    """Palettize weights; blocks of equal (N, D, n_bits, fast mode) share one engine call.
+    """Palettize weights; blocks of equal (N, D, n_bits, fast mode) share engine calls.
 
     `sensitivities` maps a weight's qualified name to non-negative importances shaped like
     the weight (summed over each vector) that weight its k-means; `progress` shows a bar.
+    Weights stream to `device` (default: CUDA for CPU weights when present, see
+    `compute_device`) in chunks of at most `memory_budget` bytes of fp32 blocks; results come
+    back to each weight's device. Scalar results do not depend on the chunking.
     """
     sensitivities = sensitivities or {}
     batches: dict[tuple, list[WeightTarget]] = defaultdict(list)
@@ -72,34 +104,54 @@ def palettize_targets(
             )
         key = (t.layout.block_vectors, t.layout.cluster_dim, t.spec.n_bits, t.rounding_precision)
         batches[key].append(t)
+    engine_device = torch.device(device) if device is not None else compute_device(targets)
     results = {}
     bar = tqdm(total=len(targets), desc="Palettizing layers", unit="weight", disable=not progress)
     for (_, _, n_bits, precision), batch in batches.items():
-        scales = [
-            per_channel_scale(t.tensor) if t.spec.enable_per_channel_scale else None for t in batch
-        ]
-        blocks = torch.cat(
-            [
-                t.layout.to_blocks(_scaled(t.tensor.detach(), scale))
-                for t, scale in zip(batch, scales, strict=True)
-            ]
-        )
-        weights = _block_weights(batch, sensitivities)
-        clustering = cluster_blocks(blocks, n_bits, weights, rounding_precision=precision)
-        start = 0
-        for t, scale in zip(batch, scales, strict=True):
-            stop = start + t.layout.num_blocks
-            indices = t.layout.indices_from_blocks(clustering.indices[start:stop])
-            lut, quantized = clustering.lut[start:stop], None
-            if t.spec.lut_qspec is not None:
-                quantized = quantize_lut(lut, t.spec.lut_qspec)
-                lut = quantized.lut
-            results[t.qualified_name] = PalettizedWeight(
-                t.spec, t.layout, lut, indices, scale, quantized
-            )
-            start = stop
-        bar.update(len(batch))
+        for chunk in chunks_within(batch, memory_budget):
+            results.update(_palettize_chunk(chunk, n_bits, precision, sensitivities, engine_device))
+            bar.update(len(chunk))
     bar.close()
+    return results
+
+
+def _palettize_chunk(
+    chunk: list[WeightTarget],
+    n_bits: int,
+    precision: int | None,
+    sensitivities: dict[str, torch.Tensor],
+    device: torch.device,
+) -> dict[str, PalettizedWeight]:
+    """One engine call for a chunk of same-shaped-block weights, on `device`."""
+    scales = [
+        per_channel_scale(t.tensor) if t.spec.enable_per_channel_scale else None for t in chunk
+    ]
+    blocks = torch.cat(
+        [
+            t.layout.to_blocks(_scaled(t.tensor.detach(), scale)).to(device)
+            for t, scale in zip(chunk, scales, strict=True)
+        ]
+    )
+    weights = _block_weights(chunk, sensitivities)
+    clustering = cluster_blocks(
+        blocks,
+        n_bits,
+        None if weights is None else weights.to(device),
+        rounding_precision=precision,
+    )
+    results, start = {}, 0
+    for t, scale in zip(chunk, scales, strict=True):
+        stop = start + t.layout.num_blocks
+        home = t.tensor.device
+        indices = t.layout.indices_from_blocks(clustering.indices[start:stop]).to(home)
+        lut, quantized = clustering.lut[start:stop].to(home), None
+        if t.spec.lut_qspec is not None:
+            quantized = quantize_lut(lut, t.spec.lut_qspec)
+            lut = quantized.lut
+        results[t.qualified_name] = PalettizedWeight(
+            t.spec, t.layout, lut, indices, scale, quantized
+        )
+        start = stop
     return results
 
 

@@ -15,7 +15,8 @@ from torch.nn.utils import parametrize
 from coreai_opt_gpu.export import ExportBackend
 from coreai_opt_gpu.palettization.config import KMeansPalettizerConfig
 from coreai_opt_gpu.palettization.finalize import CompressionReport, finalize_torch
-from coreai_opt_gpu.palettization.palettize import palettize_targets
+from coreai_opt_gpu.palettization.functional import functional_sites
+from coreai_opt_gpu.palettization.palettize import DEFAULT_MEMORY_BUDGET, palettize_targets
 from coreai_opt_gpu.palettization.parametrization import FakePalettize
 from coreai_opt_gpu.palettization.targets import WeightTarget, find_targets
 
@@ -28,8 +29,9 @@ class KMeansPalettizer:
     calls and installs a `FakePalettize` parametrization on each.
 
     Weights are found on the model's modules (nn.Linear, nn.Conv1d/2d/3d,
-    nn.ConvTranspose1d/2d/3d, nn.Embedding, nn.MultiheadAttention's in_proj_weight); weights
-    only reached through functional calls (F.linear on a free tensor) are not found yet.
+    nn.ConvTranspose1d/2d/3d, nn.Embedding, nn.MultiheadAttention's in_proj_weight) and, with
+    example inputs, among parameters passed to functional ops (F.linear, F.conv*d,
+    F.conv_transpose*d, F.embedding).
     """
 
     def __init__(self, model: nn.Module, config: KMeansPalettizerConfig | None = None) -> None:
@@ -45,14 +47,23 @@ class KMeansPalettizer:
         example_inputs: tuple = (),
         sensitivity_path: str | Path | None = None,
         num_workers: int = 1,
+        *,
+        device: torch.device | str | None = None,
+        memory_budget: int = DEFAULT_MEMORY_BUDGET,
     ) -> nn.Module:
         """Palettize the model in place and return it.
 
-        example_inputs: accepted for coreai_opt compatibility; weights are found on modules,
-        so no forward pass runs (the model's statistics do not move).
+        example_inputs: one forward of them (eval mode, no gradients, training flags
+        restored: no statistics move) finds parameters used through functional calls
+        (`F.linear(x, self.w)`); their state names resolve like any other (so a default
+        config, keyed "weight"/"in_proj_weight", takes such a parameter only when it is named
+        "weight", or with "*"). Without example inputs only module weights are found.
         sensitivity_path: a safetensors file of {"<module>.<weight>": importance}, tensors
         shaped like the weights, used as k-means sample weights.
         num_workers: accepted for compatibility (>= 1); all blocks are clustered together.
+        device: where clustering runs (default: CUDA for a CPU-resident model when a GPU is
+        present, else the model's device); memory_budget: bytes of fp32 weight blocks sent
+        to it at once (the engine's own working memory comes on top; to be measured on a GPU).
         """
         if not isinstance(num_workers, int) or num_workers < 1:
             raise ValueError(f"num_workers must be an integer >= 1, got {num_workers!r}")
@@ -64,7 +75,10 @@ class KMeansPalettizer:
         sensitivities = None
         if sensitivity_path is not None:
             sensitivities = load_file(str(sensitivity_path))
-        targets = find_targets(self.model, self.config)
+        if isinstance(example_inputs, torch.Tensor):
+            example_inputs = (example_inputs,)
+        functional = functional_sites(self.model, example_inputs) if example_inputs else []
+        targets = find_targets(self.model, self.config, functional)
         if sensitivities:
             known = {t.qualified_name for t in targets}
             unknown = sorted(set(sensitivities) - known)
@@ -73,7 +87,9 @@ class KMeansPalettizer:
                     f"sensitivities given for weights that are not palettized: "
                     f"{unknown[:5]}; palettized weights: {sorted(known)[:5]}"
                 )
-        results = palettize_targets(targets, sensitivities, progress=True)
+        results = palettize_targets(
+            targets, sensitivities, progress=True, device=device, memory_budget=memory_budget
+        )
         self._targets = targets
         for target in targets:
             parametrize.register_parametrization(

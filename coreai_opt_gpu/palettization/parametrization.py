@@ -24,7 +24,7 @@ class _StraightThrough(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, weight: torch.Tensor, decoded: torch.Tensor) -> torch.Tensor:
-        return decoded
+        return decoded.view_as(decoded)  # a new tensor: the cached one keeps no graph
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
@@ -42,6 +42,7 @@ class FakePalettize(nn.Module):
         self.n_bits = palettized.spec.n_bits
         self.packed_bytes = palettized.packed_bytes()  # storage once indices are bit-packed
         self.straight_through = False  # set during calibration: gradients in eval mode too
+        self._cached: tuple[tuple, torch.Tensor] | None = None  # (buffer versions, weight)
         for name, value in self._buffers_of(palettized).items():
             self.register_buffer(name, value)
 
@@ -63,8 +64,25 @@ class FakePalettize(nn.Module):
         for name, value in self._buffers_of(palettized).items():
             setattr(self, name, value.to(getattr(self, name).device))
 
+    def _cache_key(self, dtype: torch.dtype) -> tuple:
+        buffers = (self.lut, self.indices, self.row_scale)
+        return (dtype, *((id(b), b._version, b.device) for b in buffers))
+
     def decode(self, dtype: torch.dtype) -> torch.Tensor:
-        """The palettized weight in `dtype`, shaped like the original."""
+        """The palettized weight in `dtype`, shaped like the original.
+
+        It depends only on the stored LUT, indices and scales, so it is computed once and
+        reused until one of them changes (a new tensor or an in-place write, e.g.
+        load_state_dict); not cached while torch.compile / torch.export trace the model.
+        """
+        if torch.compiler.is_compiling():
+            return self._decode(dtype)
+        key = self._cache_key(dtype)
+        if self._cached is None or self._cached[0] != key:
+            self._cached = (key, self._decode(dtype))
+        return self._cached[1]
+
+    def _decode(self, dtype: torch.dtype) -> torch.Tensor:
         scale = self.row_scale if self.row_scale.numel() else None
         out_dtype = dtype if dtype in DECODE_DTYPES else torch.float32
         decoded = lut_dequant(self.indices, self.layout.lut_view(self.lut), scale, out_dtype)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -17,21 +18,33 @@ from coreai_opt_gpu.palettization.layout import (
 )
 from coreai_opt_gpu.palettization.spec import PalettizationSpec
 
-# module class -> (op type, state name) of each weight the module feeds to an op.
+# module class -> (op type, state name) of each tensor the module feeds to an op. Biases are
+# listed too: configs name them ("bias", or "*"); the default config names only weights.
 MODULE_STATES: dict[type[nn.Module], tuple[tuple[str, str], ...]] = {
-    nn.Linear: (("linear", "weight"),),
-    nn.Conv1d: (("conv1d", "weight"),),
-    nn.Conv2d: (("conv2d", "weight"),),
-    nn.Conv3d: (("conv3d", "weight"),),
-    nn.ConvTranspose1d: (("conv_transpose1d", "weight"),),
-    nn.ConvTranspose2d: (("conv_transpose2d", "weight"),),
-    nn.ConvTranspose3d: (("conv_transpose3d", "weight"),),
+    **{
+        cls: ((op, "weight"), (op, "bias"))
+        for cls, op in (
+            (nn.Linear, "linear"),
+            (nn.Conv1d, "conv1d"),
+            (nn.Conv2d, "conv2d"),
+            (nn.Conv3d, "conv3d"),
+            (nn.ConvTranspose1d, "conv_transpose1d"),
+            (nn.ConvTranspose2d, "conv_transpose2d"),
+            (nn.ConvTranspose3d, "conv_transpose3d"),
+        )
+    },
     nn.Embedding: (("embedding", "weight"),),
     # attention projects q, k, v with one linear call on in_proj_weight (or three, when the
     # key/value sizes differ); out_proj is an nn.Linear of its own
     nn.MultiheadAttention: tuple(
         ("linear", name)
-        for name in ("in_proj_weight", "q_proj_weight", "k_proj_weight", "v_proj_weight")
+        for name in (
+            "in_proj_weight",
+            "q_proj_weight",
+            "k_proj_weight",
+            "v_proj_weight",
+            "in_proj_bias",
+        )
     ),
 }
 
@@ -71,24 +84,37 @@ def module_states(module: nn.Module) -> tuple[tuple[str, str], ...]:
     return ()
 
 
-def find_targets(model: nn.Module, config: object) -> list[WeightTarget]:
-    """Every module weight the config palettizes; incompatible ones warn and stay dense."""
+def find_targets(
+    model: nn.Module, config: object, functional: Sequence[tuple[str, str, str]] = ()
+) -> list[WeightTarget]:
+    """Every weight the config palettizes: module weights (`MODULE_STATES`) and the
+    `functional` sites (module name, parameter name, op type) found by tracing; incompatible
+    weights warn and stay dense."""
     targets = []
-    for name, module in model.named_modules():
-        for op_type, state in module_states(module):
-            site = SpecSite(name, type(module), op_type, op_name=name, name=state)
-            spec = resolve_spec(config, site)
-            if spec is None:
-                continue
-            qualified = f"{name}.{state}" if name else state
-            weight = getattr(module, state)
-            try:
-                layout = palette_layout(tuple(weight.shape), spec, op_type)
-            except IncompatibleWeightError as err:
-                warnings.warn(f"{qualified} left dense: {err}", stacklevel=2)
-                continue
-            module_config = select_module_config(config, name, type(module))
-            fast = module_config.enable_fast_kmeans_mode and spec.cluster_dim == 1
-            precision = module_config.rounding_precision if fast else None
-            targets.append(WeightTarget(name, module, state, spec, layout, precision))
+    sites = [
+        (name, module, op_type, state)
+        for name, module in model.named_modules()
+        for op_type, state in module_states(module)
+    ]
+    known = {id(getattr(module, state)) for _, module, _, state in sites}
+    for module_name, state, op_type in functional:
+        module = model.get_submodule(module_name)
+        if id(getattr(module, state)) not in known:
+            sites.append((module_name, module, op_type, state))
+    for name, module, op_type, state in sites:
+        site = SpecSite(name, type(module), op_type, op_name=name, name=state)
+        spec = resolve_spec(config, site)
+        if spec is None:
+            continue
+        qualified = f"{name}.{state}" if name else state
+        weight = getattr(module, state)
+        try:
+            layout = palette_layout(tuple(weight.shape), spec, op_type)
+        except IncompatibleWeightError as err:
+            warnings.warn(f"{qualified} left dense: {err}", stacklevel=2)
+            continue
+        module_config = select_module_config(config, name, type(module))
+        fast = module_config.enable_fast_kmeans_mode and spec.cluster_dim == 1
+        precision = module_config.rounding_precision if fast else None
+        targets.append(WeightTarget(name, module, state, spec, layout, precision))
     return targets
