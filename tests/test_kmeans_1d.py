@@ -201,3 +201,14 @@ def test_engine_rejects_bad_input(blocks, n_bits, message):
         cluster_blocks(torch.zeros(1, 4, 1), 2, weights=-torch.ones(1, 4))
     with pytest.raises(ValueError, match="finite"):
         cluster_blocks(torch.zeros(1, 4, 1), 2, weights=torch.full((1, 4), float("nan")))
+
+
+def test_engine_chunks_do_not_change_results(monkeypatch):
+    from coreai_opt_gpu.engine import cluster as engine_cluster
+
+    blocks = torch.from_numpy(student_t((7, 300, 1), seed=9))
+    whole = cluster_blocks(blocks, 3, rounding_precision=4)
+    monkeypatch.setattr(engine_cluster, "SCALAR_CHUNK_VALUES", 2 * 300)  # 2 blocks per call
+    chunked = cluster_blocks(blocks, 3, rounding_precision=4)
+    assert torch.equal(whole.lut, chunked.lut) and torch.equal(whole.indices, chunked.indices)
+    assert torch.equal(whole.inertia, chunked.inertia)

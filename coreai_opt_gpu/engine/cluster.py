@@ -9,6 +9,11 @@ import torch
 from coreai_opt_gpu.engine.scalar import cluster_scalar
 from coreai_opt_gpu.engine.vector import cluster_vector
 
+# Scalar blocks are clustered ~16M values at a time: measured on the CPU, 1024 blocks of 64K
+# values take 6.8 s in one call and 3.4 s in four (the temporaries outgrow the caches and the
+# fast-mode grid outgrows its budget).
+SCALAR_CHUNK_VALUES = 1 << 24
+
 
 @dataclass(frozen=True)
 class Clustering:
@@ -70,5 +75,16 @@ def cluster_blocks(
         return Clustering(lut=lut, indices=indices, inertia=inertia)
     x = blocks.detach().reshape(g, n).to(torch.float32).contiguous()
     w = None if weights is None else weights.detach().to(torch.float64)
-    lut, indices, inertia = cluster_scalar(x, 2**n_bits, w, rounding_precision, max_iter)
+    step = max(1, SCALAR_CHUNK_VALUES // n)  # blocks are independent: same result per chunk
+    parts = [
+        cluster_scalar(
+            x[i : i + step],
+            2**n_bits,
+            None if w is None else w[i : i + step],
+            rounding_precision,
+            max_iter,
+        )
+        for i in range(0, g, step)
+    ]
+    lut, indices, inertia = (torch.cat(column) for column in zip(*parts, strict=True))
     return Clustering(lut=lut.reshape(g, -1, 1), indices=indices, inertia=inertia)
