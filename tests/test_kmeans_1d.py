@@ -211,4 +211,5 @@ def test_engine_chunks_do_not_change_results(monkeypatch):
     monkeypatch.setattr(engine_cluster, "SCALAR_CHUNK_VALUES", 2 * 300)  # 2 blocks per call
     chunked = cluster_blocks(blocks, 3, rounding_precision=4)
     assert torch.equal(whole.lut, chunked.lut) and torch.equal(whole.indices, chunked.indices)
-    assert torch.equal(whole.inertia, chunked.inertia)
+    # a reduction over rows padded differently per call: equal to float64 rounding
+    torch.testing.assert_close(whole.inertia, chunked.inertia, rtol=1e-12, atol=0)

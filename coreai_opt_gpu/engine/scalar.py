@@ -119,13 +119,14 @@ def quantile_start(rows: ScalarRows, prefix_w: torch.Tensor, k: int) -> torch.Te
     return torch.gather(rows.values, 1, index).double()
 
 
-def coarse_edges(rows: ScalarRows, prefix_w: torch.Tensor, bins: int) -> torch.Tensor:
+def coarse_edges(rows: ScalarRows, prefix_w: torch.Tensor, bins: int, exact: bool) -> torch.Tensor:
     """Bin edges [G, bins + 1] into the sorted rows: half equal-weight cuts (resolution where
     the mass is), half equal-width cuts (resolution in the tails, where outliers want a
-    centroid of their own). Every value is its own bin when the row is short enough."""
+    centroid of their own). `exact`: every value is its own bin (decided from the block length,
+    never from the padded row width, so a block's start does not depend on its batch)."""
     g, m = rows.values.shape
     device = rows.values.device
-    if bins >= m:
+    if exact:
         return torch.arange(m + 1, device=device).expand(g, m + 1)
     half = bins // 2
     cdf = prefix_w[:, 1:] / prefix_w[:, -1:].clamp_min(1e-300)
@@ -144,11 +145,16 @@ def coarse_edges(rows: ScalarRows, prefix_w: torch.Tensor, bins: int) -> torch.T
 
 
 def coarse_start(
-    rows: ScalarRows, prefix_w: torch.Tensor, prefix_wx: torch.Tensor, k: int, bins: int
+    rows: ScalarRows,
+    prefix_w: torch.Tensor,
+    prefix_wx: torch.Tensor,
+    k: int,
+    bins: int,
+    exact: bool,
 ) -> torch.Tensor:
     """Exact k-means of each block coarsened to `bins` runs (`coarse_edges`) -> [G, K] f64."""
     m = rows.values.shape[1]
-    edges = coarse_edges(rows, prefix_w, bins)
+    edges = coarse_edges(rows, prefix_w, bins, exact)
     bin_w = torch.gather(prefix_w, 1, edges).diff(dim=1)
     bin_wx = torch.gather(prefix_wx, 1, edges).diff(dim=1)
     first = torch.gather(rows.values, 1, edges[:, :-1].clamp_max(m - 1)).double()
@@ -204,8 +210,12 @@ def cluster_scalar(
             return _split_rows(in_fp16, x, k, weights, rounding_precision, max_iter)
     rows = build_rows(x, weights, rounding_precision)
     prefix_w, prefix_wx = prefix_sums(rows)
-    bins = coarse_bins(k, rows.values.shape[1])
-    starts = [coarse_start(rows, prefix_w, prefix_wx, k, bins), quantile_start(rows, prefix_w, k)]
+    bins = coarse_bins(k, x.shape[1])  # from the block length: the same for every batch
+    exact = bins >= x.shape[1]
+    starts = [
+        coarse_start(rows, prefix_w, prefix_wx, k, bins, exact),
+        quantile_start(rows, prefix_w, k),
+    ]
     best, best_inertia = None, None
     for start in starts:
         centroids = ops.lloyd_1d(rows.values, prefix_w, prefix_wx, start, max_iter)
