@@ -110,8 +110,6 @@ def test_finalize_errors():
     with pytest.raises(RuntimeError, match="not prepared"):
         palettizer.finalize(backend=ExportBackend.Torch)
     palettizer.prepare()
-    with pytest.raises(ValueError, match="backend=CoreAI is not available yet"):
-        palettizer.finalize()
     with pytest.raises(ValueError, match="mmap_dir"):
         palettizer.finalize(backend=ExportBackend.Torch, mmap_dir="/tmp")
     palettizer.finalize(backend="torch")

@@ -15,6 +15,7 @@ from torch.nn.utils import parametrize
 from coreai_opt_gpu.export import ExportBackend
 from coreai_opt_gpu.palettization.config import KMeansPalettizerConfig
 from coreai_opt_gpu.palettization.finalize import CompressionReport, finalize_torch
+from coreai_opt_gpu.palettization.finalize_coreai import finalize_coreai
 from coreai_opt_gpu.palettization.functional import functional_sites
 from coreai_opt_gpu.palettization.palettize import DEFAULT_MEMORY_BUDGET, palettize_targets
 from coreai_opt_gpu.palettization.parametrization import FakePalettize
@@ -152,20 +153,24 @@ class KMeansPalettizer:
         """Convert the fake-palettized weights for `backend` and clear the prepared mark.
 
         ExportBackend.Torch: indices bit-packed at n_bits, dense weights freed, weights
-        decoded by the packed dequant op on access (see `finalize.finalize_torch`); the
-        figures are in `self.report`. The Core AI and Core ML backends are not built yet.
+        decoded by the packed dequant op on access (see `finalize.finalize_torch`).
+        ExportBackend.CoreAI: coreai-torch's palettization layers, for its converter (needs
+        the optional coreai-torch package; see `finalize_coreai`). The figures are in
+        `self.report`. The Core ML backend is not built yet.
         """
         model = self.model if model is None else model
         if not is_prepared(model):
             raise RuntimeError("the model is not prepared for palettization: call prepare first")
         backend = ExportBackend(backend)
-        if backend != ExportBackend.Torch:
+        if backend == ExportBackend.CoreML:
             raise ValueError(
-                f"backend={backend.name} is not available yet; available: ExportBackend.Torch"
+                "backend=CoreML is not available yet; available: ExportBackend.Torch, "
+                "ExportBackend.CoreAI"
             )
         if mmap_dir is not None:
             raise ValueError("mmap_dir is not supported yet: pass None")
-        self.report = finalize_torch(model)
+        finalize = finalize_coreai if backend == ExportBackend.CoreAI else finalize_torch
+        self.report = finalize(model)
         logger.info(
             "finalized %d weights: %.2f bits per weight, %.1f MiB saved",
             self.report.weights,

@@ -40,6 +40,7 @@ class FakePalettize(nn.Module):
         super().__init__()
         self.layout: PaletteLayout = palettized.layout
         self.n_bits = palettized.spec.n_bits
+        self.lut_qspec = palettized.spec.lut_qspec  # the LUT's storage dtype at export
         self.packed_bytes = palettized.packed_bytes()  # storage once indices are bit-packed
         self.straight_through = False  # set during calibration: gradients in eval mode too
         self._cached: tuple[tuple, torch.Tensor] | None = None  # (buffer versions, weight)

@@ -1,0 +1,107 @@
+"""Finalize for Core AI: the custom layers of the optional coreai-torch package.
+
+Each `FakePalettize` parametrization becomes coreai-torch's `PalettizeModule` (indices shaped
+like the weight with axis 0 divided by cluster_dim, LUT of rank weight.dim() + 2, read by
+`coreai::lut_to_dense`) or, with a per-channel scale and/or a quantized LUT,
+`ScaledPalettizeModule` (an integer or float8 LUT, then `coreai::constexpr_blockwise_shift_scale`
+with the per-block LUT scale, fused with the per-channel scale when both are present). The dense
+original is replaced by an empty tensor, as in the plain-torch backend.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from coreai_opt_gpu.palettization.finalize import CompressionReport
+from coreai_opt_gpu.palettization.parametrization import FakePalettize
+
+
+def coreai_layers() -> tuple[type, type]:
+    """(PalettizeParametrization, ScaledPalettizeParametrization) from coreai-torch."""
+    try:
+        from coreai_torch._compression.custom_layers import (
+            PalettizeModule,
+            ScaledPalettizeModule,
+        )
+        from coreai_torch._compression.utils import wrap_for_parametrization
+    except ImportError as err:
+        raise ValueError(
+            "backend=CoreAI needs the optional coreai-torch package: "
+            "pip install 'coreai-opt-gpu[coreai]'"
+        ) from err
+    return wrap_for_parametrization(PalettizeModule), wrap_for_parametrization(
+        ScaledPalettizeModule
+    )
+
+
+def _at_weight_rank(per_block: torch.Tensor, fake: FakePalettize) -> torch.Tensor:
+    """[G] per-block values -> [G0, G1, 1, ...] at the weight's rank."""
+    layout = fake.layout
+    rank = len(layout.shape)
+    blocks = per_block.reshape(layout.blocks_axis0, layout.blocks_axis1)
+    if rank == 1:
+        return blocks[:, 0]
+    return blocks.reshape(*blocks.shape, *([1] * (rank - 2)))
+
+
+def coreai_parametrization(fake: FakePalettize, classes: tuple[type, type]) -> nn.Module:
+    """The coreai-torch parametrization that decodes like `fake`."""
+    palettize, scaled = classes
+    layout = fake.layout
+    rank = len(layout.shape)
+    indices = fake.indices.reshape(layout.vectors, *layout.shape[1:])
+    lut = layout.lut_view(fake.lut)  # [G0, G1, K, D]
+    lut = (
+        lut[:, 0] if rank == 1 else lut.reshape(*lut.shape[:2], *([1] * (rank - 2)), *lut.shape[2:])
+    )
+    vector_axis = 0 if layout.cluster_dim > 1 else None
+    row_scale = fake.row_scale.reshape(-1, *([1] * (rank - 1))) if fake.row_scale.numel() else None
+    if fake.lut_qspec is None:
+        if row_scale is None:
+            return palettize(indices=indices, lut=lut, vector_axis=vector_axis)
+        return scaled(indices=indices, lut=lut, scale=row_scale, vector_axis=vector_axis)
+    spec = fake.lut_qspec
+    scale = _at_weight_rank(fake.lut_scale, fake)
+    scale_at_lut = scale.reshape(*scale.shape, 1, 1)
+    zero_point = None
+    if spec.is_floating:
+        codes = (lut / scale_at_lut).to(spec.dtype)
+    else:
+        zero_point = _at_weight_rank(fake.lut_zero_point, fake)
+        codes = torch.round(lut / scale_at_lut + zero_point.reshape(*scale.shape, 1, 1))
+        codes = codes.clamp(spec.quant_min, spec.quant_max).to(spec.dtype)
+        zero_point = zero_point.to(spec.dtype)
+    if row_scale is not None:  # fuse: per-block LUT scale, expanded to channels, x pcs
+        repeat = layout.shape[0] // scale.shape[0]
+        scale = scale.repeat_interleave(repeat, dim=0) * row_scale
+        if zero_point is not None:
+            zero_point = zero_point.repeat_interleave(repeat, dim=0)
+    return scaled(
+        indices=indices, lut=codes, scale=scale, zero_point=zero_point, vector_axis=vector_axis
+    )
+
+
+def finalize_coreai(model: nn.Module) -> CompressionReport:
+    """Replace every FakePalettize parametrization by its coreai-torch counterpart."""
+    classes = coreai_layers()
+    weights = elements = dense = compressed = 0
+    for module in model.modules():
+        if not parametrize.is_parametrized(module):
+            continue
+        for state in list(module.parametrizations.keys()):
+            chain = module.parametrizations[state]
+            if len(chain) != 1 or not isinstance(chain[0], FakePalettize):
+                continue
+            original = chain.original
+            replacement = coreai_parametrization(chain[0], classes)
+            weights += 1
+            elements += original.numel()
+            dense += original.numel() * original.element_size()
+            compressed += sum(b.numel() * b.element_size() for b in replacement.buffers())
+            parametrize.remove_parametrizations(module, state, leave_parametrized=False)
+            empty = torch.empty(0, dtype=original.dtype, device=original.device)
+            setattr(module, state, nn.Parameter(empty, requires_grad=False))
+            parametrize.register_parametrization(module, state, replacement, unsafe=True)
+    return CompressionReport(weights, elements, dense, compressed)
