@@ -4,6 +4,7 @@ They are the CPU fallback of every op and the oracle of every kernel test and be
 `kmeans_1d_exact` (optimal 1-D k-means) is the oracle of the scalar engine's quality.
 """
 
+from coreai_opt_gpu.reference.fake_quantize import fake_quantize, round_to_float8
 from coreai_opt_gpu.reference.kmeans_1d import (
     SortedRows,
     assign_1d,
@@ -21,6 +22,7 @@ __all__ = [
     "assign_1d",
     "assign_update",
     "batched_searchsorted",
+    "fake_quantize",
     "kmeans_1d_exact",
     "lloyd_1d",
     "lut_dequant",
@@ -28,5 +30,6 @@ __all__ = [
     "pack_indices",
     "packed_row_bytes",
     "prefix_sums",
+    "round_to_float8",
     "unpack_indices",
 ]
