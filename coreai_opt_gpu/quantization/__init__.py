@@ -1,10 +1,11 @@
-"""Quantization: specs, configs (the Quantizer itself comes with the joint flow)."""
+"""Quantization: specs, configs and the Quantizer."""
 
 from coreai_opt_gpu.quantization.config import (
     ModuleQuantizerConfig,
     OpQuantizerConfig,
     QuantizerConfig,
 )
+from coreai_opt_gpu.quantization.quantizer import Quantizer
 from coreai_opt_gpu.quantization.spec import QuantizationScheme, QuantizationSpec
 
 __all__ = [
@@ -12,5 +13,6 @@ __all__ = [
     "OpQuantizerConfig",
     "QuantizationScheme",
     "QuantizationSpec",
+    "Quantizer",
     "QuantizerConfig",
 ]
