@@ -1,0 +1,117 @@
+"""Fake quantization: our op vs PyTorch's fake_quantize_per_{tensor,channel}_affine, and the
+joint palettize-then-quantize flow's forward overhead, in one run. Results are checked against
+the reference before timing; extra_info holds times, ratios and GB/s. Tiny when disabled."""
+
+import time
+
+import pytest
+import torch
+from torch import nn
+
+from coreai_opt_gpu import ops
+from coreai_opt_gpu.palettization import (
+    KMeansPalettizer,
+    KMeansPalettizerConfig,
+    ModuleKMeansPalettizerConfig,
+    PalettizationSpec,
+)
+from coreai_opt_gpu.quantization import (
+    ModuleQuantizerConfig,
+    QuantizationSpec,
+    Quantizer,
+    QuantizerConfig,
+)
+
+
+def seconds(fn, repeat):
+    fn()
+    start = time.perf_counter()
+    for _ in range(repeat):
+        fn()
+    return (time.perf_counter() - start) / repeat
+
+
+@pytest.mark.parametrize("axis", [None, 0], ids=["per-tensor", "per-channel"])
+def test_fake_quantize_op(benchmark, axis):
+    rows, cols = (64, 48) if benchmark.disabled else (4096, 4096)
+    repeat = 1 if benchmark.disabled else 5
+    x = torch.randn(rows, cols)
+    channels = 1 if axis is None else rows
+    scale = x.abs().reshape(channels, -1).amax(1) / 127.5
+    zero_point = torch.zeros(channels)
+    if axis is None:
+
+        def baseline():
+            return torch.fake_quantize_per_tensor_affine(x, float(scale), 0, -128, 127)
+    else:
+
+        def baseline():
+            return torch.fake_quantize_per_channel_affine(x, scale, zero_point.int(), 0, -128, 127)
+
+    def ours():
+        return ops.fake_quantize(x, scale, zero_point, axis, -128, 127)
+
+    torch.testing.assert_close(ours(), baseline(), rtol=0, atol=float(scale.max()) * 1.001)
+    baseline_s = seconds(baseline, repeat)
+    benchmark.pedantic(ours, rounds=repeat, iterations=1, warmup_rounds=1)
+    stats = benchmark.stats.stats if benchmark.stats else None
+    ours_s = stats.median if stats else seconds(ours, 1)
+    logical_bytes = 2 * x.numel() * 4
+    benchmark.extra_info.update(
+        {
+            "shape": [rows, cols],
+            "ours_s": ours_s,
+            "torch_s": baseline_s,
+            "ours_vs_torch": baseline_s / ours_s,
+            "ours_GBps": logical_bytes / ours_s / 1e9,
+        }
+    )
+
+
+def test_joint_flow_overhead(benchmark):
+    dim = 64 if benchmark.disabled else 2048
+    repeat = 1 if benchmark.disabled else 20
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(dim, dim), nn.ReLU(), nn.Linear(dim, dim)).eval()
+    x = torch.randn(8, dim)
+    with torch.no_grad():
+        float_s = seconds(lambda: model(x), repeat)
+        spec = PalettizationSpec(
+            n_bits=4,
+            lut_qspec={"dtype": "int8"},
+            granularity={"type": "per_grouped_channel", "axis": 0, "group_size": 16},
+        )
+        palettizer = KMeansPalettizer(
+            model,
+            KMeansPalettizerConfig(
+                global_config=ModuleKMeansPalettizerConfig(op_state_spec={"weight": spec})
+            ),
+        )
+        palettizer.prepare()
+        prepared_s = seconds(lambda: model(x), repeat)
+        int8 = QuantizationSpec()
+        quantizer = Quantizer(
+            model,
+            QuantizerConfig(
+                global_config=ModuleQuantizerConfig(
+                    op_state_spec=None, op_input_spec={"*": int8}, op_output_spec={"*": int8}
+                )
+            ),
+        )
+        quantizer.prepare()
+        with quantizer.calibration_mode():
+            model(x)
+        quantizer.finalize()
+        benchmark.pedantic(lambda: model(x), rounds=repeat, iterations=1, warmup_rounds=1)
+        stats = benchmark.stats.stats if benchmark.stats else None
+        joint_s = stats.median if stats else seconds(lambda: model(x), 1)
+    benchmark.extra_info.update(
+        {
+            "dim": dim,
+            "float_s": float_s,
+            "palettized_s": prepared_s,
+            "joint_s": joint_s,
+            "joint_vs_float": joint_s / float_s,
+            "joint_vs_palettized": joint_s / prepared_s,
+        }
+    )
