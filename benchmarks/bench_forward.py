@@ -5,13 +5,13 @@ the ratios and the finalized bits per weight. Tiny shapes when benchmarks are di
 """
 
 import importlib.util
-import time
 import warnings
 
 import pytest
 import torch
 from torch import nn
 
+from benchmarks.timing import seconds_per_call as seconds
 from coreai_opt_gpu import ExportBackend
 from coreai_opt_gpu.palettization import KMeansPalettizer, KMeansPalettizerConfig
 
@@ -22,14 +22,6 @@ CASES = {"4096x4096-bf16": (4096, torch.bfloat16), "4096x4096-fp32": (4096, torc
 def layer(dim, dtype):
     torch.manual_seed(0)
     return nn.Sequential(nn.Linear(dim, dim, bias=False)).to(dtype).eval()
-
-
-def seconds(fn, repeat):
-    fn()
-    start = time.perf_counter()
-    for _ in range(repeat):
-        fn()
-    return (time.perf_counter() - start) / repeat
 
 
 def reference_layer(dim, dtype, config):

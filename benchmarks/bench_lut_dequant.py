@@ -5,11 +5,10 @@ command) each case runs once on a tiny shape as a smoke test. Each case checks i
 against the baseline before timing and records time, logical bytes and GB/s in extra_info.
 """
 
-import time
-
 import pytest
 import torch
 
+from benchmarks.timing import seconds_per_call as seconds
 from coreai_opt_gpu.ops import lut_dequant
 from coreai_opt_gpu.palettization.layout import palette_layout
 from coreai_opt_gpu.palettization.spec import PalettizationSpec, PerGroupedChannelGranularity
@@ -28,18 +27,6 @@ def plain_torch_dequant(indices, lut, rows_per_block):
     """Baseline: one advanced-indexing gather, [V, M] codes -> [V, M] weight (D = 1)."""
     block = torch.arange(indices.shape[0], device=indices.device) // rows_per_block
     return lut[block[:, None], 0, indices.long(), 0]
-
-
-def seconds_per_call(fn, repeat):
-    fn()
-    if HAS_CUDA:
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(repeat):
-        fn()
-    if HAS_CUDA:
-        torch.cuda.synchronize()
-    return (time.perf_counter() - start) / repeat
 
 
 @pytest.mark.parametrize("name", CASES)
@@ -68,14 +55,14 @@ def test_lut_dequant(benchmark, name):
     baseline = plain_torch_dequant(indices[:, :, 0], lut, rows // layout.blocks_axis0)
     assert torch.equal(ours().reshape(rows, cols), baseline), "wrong result: not timed"
 
-    result_seconds = seconds_per_call(
+    result_seconds = seconds(
         lambda: plain_torch_dequant(indices[:, :, 0], lut, rows // layout.blocks_axis0),
         1 if benchmark.disabled else 10,
     )
     benchmark(ours)
     logical_bytes = indices.numel() + 2 * rows * cols + lut.numel() * 2
     stats = benchmark.stats.stats if benchmark.stats else None
-    ours_seconds = stats.median if stats else seconds_per_call(ours, 1)
+    ours_seconds = stats.median if stats else seconds(ours, 1)
     benchmark.extra_info.update(
         {
             "device": torch.cuda.get_device_name() if HAS_CUDA else "cpu",

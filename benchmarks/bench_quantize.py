@@ -2,12 +2,11 @@
 joint palettize-then-quantize flow's forward overhead, in one run. Results are checked against
 the reference before timing; extra_info holds times, ratios and GB/s. Tiny when disabled."""
 
-import time
-
 import pytest
 import torch
 from torch import nn
 
+from benchmarks.timing import seconds_per_call as seconds
 from coreai_opt_gpu import ops
 from coreai_opt_gpu.palettization import (
     KMeansPalettizer,
@@ -21,14 +20,6 @@ from coreai_opt_gpu.quantization import (
     Quantizer,
     QuantizerConfig,
 )
-
-
-def seconds(fn, repeat):
-    fn()
-    start = time.perf_counter()
-    for _ in range(repeat):
-        fn()
-    return (time.perf_counter() - start) / repeat
 
 
 @pytest.mark.parametrize("axis", [None, 0], ids=["per-tensor", "per-channel"])

@@ -9,6 +9,7 @@ packed LUT-gather dequant op, which is a torch.library op: finalized models go t
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -77,8 +78,11 @@ class CompressionReport:
         return self.dense_bytes - self.compressed_bytes
 
 
-def finalize_torch(model: nn.Module) -> CompressionReport:
-    """Replace every FakePalettize parametrization of `model` by a PackedPalettize."""
+def replace_fake_palettizations(
+    model: nn.Module, build: Callable[[FakePalettize, torch.dtype], nn.Module]
+) -> CompressionReport:
+    """Swap every FakePalettize parametrization of `model` for `build(fake, weight dtype)`,
+    replacing the dense original by an empty tensor; returns what was stored."""
     weights = elements = dense = compressed = 0
     for module in model.modules():
         if not parametrize.is_parametrized(module):
@@ -88,13 +92,18 @@ def finalize_torch(model: nn.Module) -> CompressionReport:
             if len(chain) != 1 or not isinstance(chain[0], FakePalettize):
                 continue
             original = chain.original
-            packed = PackedPalettize(chain[0], original.dtype)
+            replacement = build(chain[0], original.dtype)
             weights += 1
             elements += original.numel()
             dense += original.numel() * original.element_size()
-            compressed += packed.nbytes
+            compressed += sum(b.numel() * b.element_size() for b in replacement.buffers())
             parametrize.remove_parametrizations(module, state, leave_parametrized=False)
             empty = torch.empty(0, dtype=original.dtype, device=original.device)
             setattr(module, state, nn.Parameter(empty, requires_grad=False))
-            parametrize.register_parametrization(module, state, packed, unsafe=True)
+            parametrize.register_parametrization(module, state, replacement, unsafe=True)
     return CompressionReport(weights, elements, dense, compressed)
+
+
+def finalize_torch(model: nn.Module) -> CompressionReport:
+    """Replace every FakePalettize parametrization of `model` by a PackedPalettize."""
+    return replace_fake_palettizations(model, PackedPalettize)

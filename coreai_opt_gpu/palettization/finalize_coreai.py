@@ -12,9 +12,8 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.nn.utils import parametrize
 
-from coreai_opt_gpu.palettization.finalize import CompressionReport
+from coreai_opt_gpu.palettization.finalize import CompressionReport, replace_fake_palettizations
 from coreai_opt_gpu.palettization.parametrization import FakePalettize
 
 
@@ -86,22 +85,6 @@ def coreai_parametrization(fake: FakePalettize, classes: tuple[type, type]) -> n
 def finalize_coreai(model: nn.Module) -> CompressionReport:
     """Replace every FakePalettize parametrization by its coreai-torch counterpart."""
     classes = coreai_layers()
-    weights = elements = dense = compressed = 0
-    for module in model.modules():
-        if not parametrize.is_parametrized(module):
-            continue
-        for state in list(module.parametrizations.keys()):
-            chain = module.parametrizations[state]
-            if len(chain) != 1 or not isinstance(chain[0], FakePalettize):
-                continue
-            original = chain.original
-            replacement = coreai_parametrization(chain[0], classes)
-            weights += 1
-            elements += original.numel()
-            dense += original.numel() * original.element_size()
-            compressed += sum(b.numel() * b.element_size() for b in replacement.buffers())
-            parametrize.remove_parametrizations(module, state, leave_parametrized=False)
-            empty = torch.empty(0, dtype=original.dtype, device=original.device)
-            setattr(module, state, nn.Parameter(empty, requires_grad=False))
-            parametrize.register_parametrization(module, state, replacement, unsafe=True)
-    return CompressionReport(weights, elements, dense, compressed)
+    return replace_fake_palettizations(
+        model, lambda fake, dtype: coreai_parametrization(fake, classes)
+    )
