@@ -256,3 +256,13 @@ def test_functional_weights_are_found_with_example_inputs():
     untraced = nn.Sequential(FunctionalBlock(), nn.Linear(32, 16))
     KMeansPalettizer(untraced, config).prepare()  # no example inputs: module weights only
     assert set(palettized_states(untraced)) == {"1.weight", "1.bias"}
+
+
+def test_config_entries_matching_no_module_warn():
+    config = (
+        KMeansPalettizerConfig.presets.w4()
+        .set_module_name(r"mlp\.9", None)  # no such module
+        .set_module_type(nn.Conv2d, None)
+    )  # no convolution in the transformer
+    with pytest.warns(UserWarning, match=r"match no module.*mlp.*9.*conv\.Conv2d"):
+        KMeansPalettizer(build(SmallTransformer), config).prepare()

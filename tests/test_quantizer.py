@@ -138,3 +138,9 @@ def test_quantizer_errors():
     )
     with pytest.raises(ValueError, match=r"per_block.*not supported yet"):
         Quantizer(nn.Sequential(nn.Linear(4, 4)), per_block).prepare()
+
+
+def test_quantizer_warns_for_config_entries_matching_nothing():
+    config = QuantizerConfig().set_module_name(r"encoder\..*", None)
+    with pytest.warns(UserWarning, match=r"module_name_configs\['encoder"):
+        Quantizer(nn.Sequential(nn.Linear(4, 4)), config).prepare()

@@ -80,3 +80,19 @@ def resolve_spec(config: Any, site: SpecSite) -> Any | None:
     if module_config is None:
         return None
     return resolve_in_module(module_config, site)
+
+
+def unmatched_module_keys(config: Any, model: Any) -> list[str]:
+    """`module_name_configs` patterns and `module_type_configs` keys that match no module
+    of `model` (a typo there would otherwise be ignored without a word)."""
+    names = [name for name, _ in model.named_modules()]
+    types = {qualified_name(cls) for _, m in model.named_modules() for cls in type(m).__mro__}
+    unmatched = [
+        f"module_name_configs[{p!r}]"
+        for p in config.module_name_configs
+        if not any(re.fullmatch(p, name) for name in names)
+    ]
+    unmatched += [
+        f"module_type_configs[{k!r}]" for k in config.module_type_configs if k not in types
+    ]
+    return unmatched

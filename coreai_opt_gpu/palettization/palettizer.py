@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -12,6 +13,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.nn.utils import parametrize
 
+from coreai_opt_gpu.config.resolver import unmatched_module_keys
 from coreai_opt_gpu.export import ExportBackend
 from coreai_opt_gpu.palettization.config import KMeansPalettizerConfig
 from coreai_opt_gpu.palettization.finalize import CompressionReport, finalize_torch
@@ -79,6 +81,11 @@ class KMeansPalettizer:
         if isinstance(example_inputs, torch.Tensor):
             example_inputs = (example_inputs,)
         functional = functional_sites(self.model, example_inputs) if example_inputs else []
+        unmatched = unmatched_module_keys(self.config, self.model)
+        if unmatched:
+            warnings.warn(
+                f"config entries that match no module of the model: {unmatched}", stacklevel=2
+            )
         targets = find_targets(self.model, self.config, functional)
         if sensitivities:
             known = {t.qualified_name for t in targets}

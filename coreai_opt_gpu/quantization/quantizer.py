@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -10,7 +11,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from coreai_opt_gpu.config.module_states import module_states
-from coreai_opt_gpu.config.resolver import SpecSite, resolve_spec
+from coreai_opt_gpu.config.resolver import SpecSite, resolve_spec, unmatched_module_keys
 from coreai_opt_gpu.export import ExportBackend
 from coreai_opt_gpu.quantization.config import QuantizerConfig
 from coreai_opt_gpu.quantization.fake_quantize import FakeQuantize
@@ -57,6 +58,11 @@ class Quantizer:
         through unchanged). example_inputs: accepted for coreai_opt compatibility."""
         if hasattr(self.model, QUANTIZED_MARK):
             raise RuntimeError("the model is already prepared for quantization")
+        unmatched = unmatched_module_keys(self.config, self.model)
+        if unmatched:
+            warnings.warn(
+                f"config entries that match no module of the model: {unmatched}", stacklevel=2
+            )
         for name, module in list(self.model.named_modules()):
             states = module_states(module)
             if not states:
