@@ -5,12 +5,14 @@ import torch
 from pydantic import ValidationError
 
 from coreai_opt_gpu.palettization.spec import (
+    DefaultTrainingSpec,
     PalettizationSpec,
     PerGroupedChannelGranularity,
     PerTensorGranularity,
     default_weight_palettization_spec,
 )
 from coreai_opt_gpu.quantization.spec import (
+    GlobalMinMaxQParamsCalculator,
     MinMaxRangeCalculator,
     MovingAverageQParamsCalculator,
     PerBlockGranularity,
@@ -21,6 +23,8 @@ from coreai_opt_gpu.quantization.spec import (
     default_activation_quantization_spec,
     default_weight_quantization_spec,
 )
+from coreai_opt_gpu.quantization.spec.calculators import DefaultQParamsCalculator
+from coreai_opt_gpu.quantization.spec.fake_quantize import DefaultFakeQuantizeImpl
 
 
 def test_default_spec_is_4bit_per_tensor_scalar():
@@ -55,9 +59,10 @@ def test_supported_bits(n_bits):
             {"granularity": {"type": "per_grouped_channel", "axis": 0, "group_size": 0}},
             "group_size",
         ),
-        ({"granularity": {"type": "per_row"}}, "per_tensor"),
+        ({"granularity": {"type": "per_row"}}, "per_grouped_channel"),
         ({"bits": 4}, "Extra inputs are not permitted"),
-        ({"training_strategy_spec": {"type": "pat"}}, "neutral value"),
+        ({"training_strategy_spec": {"type": "pat"}}, "allowed types: .'default'"),
+        ({"granularity": {"axis": 0}}, "Missing type key"),
     ],
     ids=lambda v: str(v)[:40],
 )
@@ -104,9 +109,11 @@ def test_model_dump_preserve_objects_keeps_nested_models():
         "granularity",
         "cluster_dim",
         "enable_per_channel_scale",
+        "training_strategy_spec",
     }
     assert isinstance(dumped["granularity"], PerTensorGranularity)
     assert isinstance(dumped["lut_qspec"], QuantizationSpec)
+    assert isinstance(dumped["training_strategy_spec"], DefaultTrainingSpec)
 
 
 def test_upstream_dump_loads():
@@ -127,7 +134,8 @@ def test_quantization_spec_defaults_and_ranges():
     assert (spec.dtype, spec.qscheme, spec.n_bits) == (torch.int8, QuantizationScheme.SYMMETRIC, 8)
     assert (spec.quant_min, spec.quant_max) == (-128, 127)
     assert spec.range_calculator_cls is MinMaxRangeCalculator
-    assert spec.qparam_calculator_cls is StaticQParamsCalculator
+    assert spec.qparam_calculator_cls is DefaultQParamsCalculator  # "default": by target
+    assert spec.fake_quantize_cls is DefaultFakeQuantizeImpl
     clipped = QuantizationSpec(qscheme="symmetric_with_clipping")
     assert (clipped.quant_min, clipped.quant_max) == (-127, 127)
     assert (
@@ -141,6 +149,7 @@ def test_quantization_spec_defaults_and_ranges():
 def test_quantization_spec_defaults_for_weights_and_activations():
     weight = default_weight_quantization_spec()
     assert weight.granularity == PerChannelGranularity(axis=0)
+    assert weight.qparam_calculator_cls is StaticQParamsCalculator
     activation = default_activation_quantization_spec()
     assert activation.qparam_calculator_cls is MovingAverageQParamsCalculator
     assert activation.granularity.type == "per_tensor"
@@ -154,8 +163,18 @@ def test_quantization_spec_defaults_for_weights_and_activations():
         ({"dtype": "float8_e5m2", "qscheme": "asymmetric"}, "symmetric"),
         ({"float_range": (0.5, 1.0)}, "min must be <= 0"),
         ({"float_range": (-1.0, -0.5)}, "max must be >= 0"),
+        ({"float_range": (-1.0, -2.0)}, "min < max"),
+        ({"float_range": (True, 1.0)}, "ints, floats or None"),
+        ({"float_range": (-1.0,)}, "length 2"),
         ({"scale_dtype": "float16"}, "scale_dtype"),
-        ({"qparam_calculator_cls": "Histogram"}, "allowed: StaticQParamsCalculator"),
+        ({"scale_dtype": "float8_e8m0"}, "scale_dtype must be None for dtype=int8"),
+        ({"qparam_calculator_cls": "Histogram"}, "allowed: default, static"),
+        ({"range_calculator_cls": "percentile"}, "allowed: minmax"),
+        ({"fake_quantize_cls": "mine"}, "allowed: default"),
+        (
+            {"qparam_calculator_cls": "dynamic", "qscheme": "symmetric_with_clipping"},
+            "dynamic",
+        ),
         ({"granularity": {"type": "per_block", "axis": 0}}, "block_size"),
     ],
     ids=lambda v: str(v)[:40],
@@ -170,13 +189,17 @@ def test_quantization_spec_round_trip_and_class_names():
         dtype="uint8",
         qscheme="asymmetric",
         granularity=PerBlockGranularity(axis=1, block_size=32),
-        qparam_calculator_cls="MovingAverageQParamsCalculator",
+        qparam_calculator_cls="MovingAverageQParamsCalculator",  # our earlier spelling
         float_range=(-2.0, None),
     )
     dumped = spec.model_dump(mode="json")
     assert dumped["dtype"] == "uint8"
-    assert dumped["qparam_calculator_cls"] == "MovingAverageQParamsCalculator"
+    assert dumped["qparam_calculator_cls"] == "moving_average"  # coreai_opt's registry key
+    assert dumped["fake_quantize_cls"] == "default"
+    assert dumped["range_calculator_cls"] == "minmax"
+    assert dumped["granularity"] == {"axis": 1, "block_size": 32, "type": "per_block"}
     assert QuantizationSpec.model_validate(dumped) == spec
+    assert QuantizationSpec.model_validate(spec.model_dump()) == spec  # python mode too
 
 
 def test_calculators():
@@ -191,3 +214,69 @@ def test_calculators():
     assert MovingAverageQParamsCalculator.update(None, first) is first
     low, high = MovingAverageQParamsCalculator.update(first, second)
     assert torch.allclose(low, torch.tensor(-0.1)) and torch.allclose(high, torch.tensor(10.1))
+    low, high = GlobalMinMaxQParamsCalculator.update(first, second)
+    assert (low.item(), high.item()) == (-10.0, 20.0)
+    assert DefaultQParamsCalculator.update(first, second) is second  # static until resolved
+
+
+@pytest.mark.parametrize(
+    ("spelling", "dtype"),
+    [
+        ("float8_e4m3", torch.float8_e4m3fn),
+        ("float8_e4m3fn", torch.float8_e4m3fn),
+        ("torch.float8_e5m2", torch.float8_e5m2),
+        ("float4_e2m1fn", torch.float4_e2m1fn_x2),
+        (torch.int4, torch.int4),
+    ],
+)
+def test_dtype_spellings(spelling, dtype):
+    spec = QuantizationSpec(dtype=spelling)
+    assert spec.dtype == dtype
+    if dtype == torch.float4_e2m1fn_x2:  # float4 takes power-of-two (e8m0) scales
+        assert spec.scale_dtype == torch.float8_e8m0fnu
+        assert (spec.quant_min, spec.quant_max, spec.target_dtype) == (
+            -6.0,
+            6.0,
+            torch.float8_e4m3fn,
+        )
+
+
+@pytest.mark.parametrize(
+    ("key", "cls"),
+    [
+        ("static", StaticQParamsCalculator),
+        ("moving_average", MovingAverageQParamsCalculator),
+        ("global_minmax", GlobalMinMaxQParamsCalculator),
+        ("default", DefaultQParamsCalculator),
+    ],
+)
+def test_calculator_registry_keys(key, cls):
+    spec = QuantizationSpec(qparam_calculator_cls=key)
+    assert spec.qparam_calculator_cls is cls
+    assert spec.model_dump(mode="json")["qparam_calculator_cls"] == key
+
+
+def test_undeclared_keys_are_dropped_like_coreai_opt_with_a_warning():
+    with pytest.warns(UserWarning, match=r"ignoring unknown keys \['qschme'\]"):
+        spec = QuantizationSpec(qschme="asymmetric")
+    assert spec == QuantizationSpec()
+    # the derived values coreai_opt dumps next to the fields go without a word
+    derived = {"n_bits": 8, "target_dtype": torch.int8, "quant_min": -128, "quant_max": 127}
+    assert QuantizationSpec.model_validate({"dtype": "int8", **derived}) == QuantizationSpec()
+
+
+def test_negative_per_channel_axis():
+    granularity = PerChannelGranularity(axis=-1)
+    assert granularity.get_block_size((4, 6, 8)) == (4, 6, 1)
+    assert granularity.resolved_axis(3) == 2
+    with pytest.raises(ValueError, match="out of bounds"):
+        PerChannelGranularity(axis=-4).get_block_size((4, 6, 8))
+
+
+def test_per_grouped_channel_axis_stays_0_or_1():
+    with pytest.raises(ValidationError, match="axis"):
+        PerGroupedChannelGranularity(axis=-1, group_size=4)
+    granularity = PerGroupedChannelGranularity(axis=1, group_size=4)
+    weight = torch.zeros(6, 8)
+    assert granularity.num_blocks_to_cluster(weight) == 2
+    assert [b.shape for b in granularity.get_blocks_to_cluster(weight)] == [(6, 4), (6, 4)]

@@ -1,33 +1,21 @@
-"""Pydantic building blocks shared by every spec and config class.
+"""Pydantic building blocks shared by the config classes.
 
-- `SpecModel`: immutable, unknown fields rejected (specs are values).
 - `ConfigModel`: mutable with validation on assignment, unknown fields rejected (configs are
   edited through setters).
 - `final`: a class decorator that makes subclassing a `TypeError`, as the API promises.
-- `drop_neutral_upstream_keys`: coreai_opt writes a few keys that have no meaning here
-  (`training_strategy_spec: {type: default}`, `pat_schedule: null`, ...). YAML files saved by it
-  must still load, so those keys are accepted when they hold their neutral value and rejected
-  with a clear error otherwise.
+- spec-dict field types: `{name or index: spec | None}` dicts in which `None` for the whole
+  dict means "disable every tensor" (`{"*": None}`), as in coreai_opt.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, BeforeValidator, ConfigDict
 
 T = TypeVar("T", bound=type)
-
-
-class SpecModel(BaseModel):
-    """Immutable pydantic model that rejects unknown fields."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True)
-
-    def model_dump_preserve_objects(self) -> dict[str, Any]:
-        """Fields as a dict in which nested models (granularity, LUT spec) stay objects."""
-        return {name: getattr(self, name) for name in type(self).model_fields}
+ALL_TENSORS = "*"
 
 
 class ConfigModel(BaseModel):
@@ -48,43 +36,71 @@ def final(cls: T) -> T:
     return cls
 
 
-def _is_empty(value: Any) -> bool:
-    if value is None or value == {}:
-        return True
-    return isinstance(value, Mapping) and all(v is None for v in value.values())
+def none_to_disabled(value: Any) -> Any:
+    """None -> {"*": None}: a spec dict that disables every tensor."""
+    return {ALL_TENSORS: None} if value is None else value
 
 
-# key -> predicate telling whether the value is the neutral one upstream writes.
+def none_to_empty(value: Any) -> Any:
+    """None -> {}: a dict with no entries (no opinion)."""
+    return {} if value is None else value
+
+
+def digit_keys_to_int(value: Any) -> Any:
+    """{"0": spec} -> {0: spec} (YAML writes input/output indices as strings)."""
+    if not isinstance(value, dict):
+        return value
+    converted: dict[Any, Any] = {}
+    for key, item in value.items():
+        new = int(key) if isinstance(key, str) and key.isascii() and key.isdigit() else key
+        if new in converted:
+            raise ValueError(f"keys {new!r} and {key!r} both name tensor {new!r}")
+        converted[new] = item
+    return converted
+
+
+def spec_is_active(specs: dict[Any, Any] | None) -> bool:
+    """Whether a spec dict compresses any tensor ({} and {"*": None} do not)."""
+    return bool(specs) and any(spec is not None for spec in specs.values())
+
+
+def state_specs(spec_cls: type) -> Any:
+    """Field type {state name or "*": spec | None}; None for the field means {"*": None}."""
+    return Annotated[dict[str, spec_cls | None], BeforeValidator(none_to_disabled)]
+
+
+def activation_specs(spec_cls: type, none: Any = none_to_disabled) -> Any:
+    """Field type {input/output index, name or "*": spec | None}; digit strings -> ints."""
+    return Annotated[
+        dict[str | int, spec_cls | None],
+        BeforeValidator(none),
+        BeforeValidator(digit_keys_to_int),
+    ]
+
+
+def module_state_specs(spec_cls: type) -> Any:
+    """Field type of module_state_spec; None for the field means {}."""
+    return Annotated[dict[str, spec_cls | None], BeforeValidator(none_to_empty)]
+
+
+# coreai_opt keys our quantizer has no use for, accepted when they hold their neutral value.
 UPSTREAM_NEUTRAL_KEYS: dict[str, Any] = {
-    "training_strategy_spec": lambda v: v is None or v == {"type": "default"},
-    "pat_schedule": lambda v: v is None,
     "qat_schedule": lambda v: v is None,
-    "fake_quantize_cls": lambda v: v is None or "Default" in getattr(v, "__name__", str(v)),
     "preserved_attributes": lambda v: v is None,
     "kv_cache_quant_configs": lambda v: v is None,
     "execution_mode": lambda v: v is None or str(getattr(v, "value", v)).lower() == "graph",
 }
 
 
-def drop_neutral_upstream_keys(
-    data: Any, owner: str, keys: tuple[str, ...], empty_keys: tuple[str, ...] = ()
-) -> Any:
-    """Remove upstream-only keys holding neutral values; reject them otherwise.
-
-    `keys` are checked with `UPSTREAM_NEUTRAL_KEYS`; `empty_keys` must be empty (None, {} or a
-    mapping of Nones), e.g. `op_input_spec` on a palettizer config.
-    """
+def drop_neutral_upstream_keys(data: Any, owner: str, keys: tuple[str, ...]) -> Any:
+    """Remove coreai_opt-only keys holding their neutral value; reject them otherwise."""
     if not isinstance(data, Mapping):
         return data
     cleaned = dict(data)
-    for key in keys + empty_keys:
-        if key not in cleaned:
-            continue
-        value = cleaned.pop(key)
-        neutral = _is_empty(value) if key in empty_keys else UPSTREAM_NEUTRAL_KEYS[key](value)
-        if not neutral:
+    for key in keys:
+        if key in cleaned and not UPSTREAM_NEUTRAL_KEYS[key](cleaned.pop(key)):
             raise ValueError(
-                f"{owner}.{key}={value!r} is not supported by coreai_opt_gpu; "
-                f"only its neutral value (as coreai_opt writes by default) is accepted."
+                f"{owner}.{key}={data[key]!r} is not supported by coreai_opt_gpu; only its "
+                f"neutral value (as coreai_opt writes by default) is accepted."
             )
     return cleaned

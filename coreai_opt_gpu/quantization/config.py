@@ -1,4 +1,5 @@
-"""Quantizer configs: per op, per module, and for a whole model (same precedence as palettizer)."""
+"""Quantizer configs: per op, per module, and for a whole model (same classes and precedence
+as the palettizer's, built on `coreai_opt_gpu.config.compression`)."""
 
 from __future__ import annotations
 
@@ -6,13 +7,19 @@ from typing import Any, ClassVar
 
 from pydantic import Field, model_validator
 
-from coreai_opt_gpu.config.base import ConfigModel, drop_neutral_upstream_keys, final
+from coreai_opt_gpu.config.base import (
+    activation_specs,
+    drop_neutral_upstream_keys,
+    final,
+    module_state_specs,
+    none_to_empty,
+    spec_is_active,
+    state_specs,
+)
 from coreai_opt_gpu.config.compression import (
-    CompressionConfigMixin,
-    configs_by_module_type,
-    configs_by_op_type,
-    configs_by_regex,
-    defaulted_global,
+    CompressionConfig,
+    ModuleCompressionConfig,
+    OpCompressionConfig,
 )
 from coreai_opt_gpu.quantization.spec import (
     QuantizationSpec,
@@ -20,71 +27,81 @@ from coreai_opt_gpu.quantization.spec import (
     default_weight_quantization_spec,
 )
 
-Specs = dict[str, QuantizationSpec | None]
-# Module-boundary specs exist upstream; only their empty form is accepted here.
-_EMPTY_UPSTREAM_KEYS = ("module_input_spec", "module_output_spec")
 
+@final
+class OpQuantizerConfig(OpCompressionConfig):
+    """Specs of one op's weights (state), inputs and outputs; None disables. Defaults: int8
+    per-channel weights, int8 per-tensor moving-average inputs and outputs ("*")."""
 
-def default_state_spec() -> Specs:
-    """int8 symmetric per-output-channel weights."""
-    return {"weight": default_weight_quantization_spec()}
+    op_input_spec: activation_specs(QuantizationSpec)  # type: ignore[valid-type]
+    op_output_spec: activation_specs(QuantizationSpec)  # type: ignore[valid-type]
+    op_state_spec: state_specs(QuantizationSpec)  # type: ignore[valid-type]
 
+    @classmethod
+    def get_default_input_spec(cls) -> dict[str | int, QuantizationSpec | None]:
+        return {"*": default_activation_quantization_spec()}
 
-def default_activation_specs() -> Specs:
-    """int8 symmetric per-tensor moving-average activations, for every input or output."""
-    return {"*": default_activation_quantization_spec()}
+    @classmethod
+    def get_default_output_spec(cls) -> dict[str | int, QuantizationSpec | None]:
+        return {"*": default_activation_quantization_spec()}
+
+    @classmethod
+    def get_default_state_spec(cls) -> dict[str, QuantizationSpec | None]:
+        return {"weight": default_weight_quantization_spec()}
 
 
 @final
-class OpQuantizerConfig(ConfigModel):
-    """Specs of one op's weights (state), inputs and outputs; None disables."""
+class ModuleQuantizerConfig(ModuleCompressionConfig):
+    """Quantization of one module's ops, with overrides by op type, op name and state name.
+    Module-boundary specs (`module_input_spec`, `module_output_spec`) are not supported yet:
+    only their empty form is accepted; coreai_opt's `qat_schedule` only as None."""
 
-    op_state_spec: Specs | None = Field(default_factory=default_state_spec)
-    op_input_spec: Specs | None = Field(default_factory=default_activation_specs)
-    op_output_spec: Specs | None = Field(default_factory=default_activation_specs)
+    op_input_spec: activation_specs(QuantizationSpec)  # type: ignore[valid-type]
+    op_output_spec: activation_specs(QuantizationSpec)  # type: ignore[valid-type]
+    op_state_spec: state_specs(QuantizationSpec)  # type: ignore[valid-type]
+    op_type_config: dict[str, OpQuantizerConfig | None] = Field(default_factory=dict)
+    op_name_config: dict[str, OpQuantizerConfig | None] = Field(default_factory=dict)
+    module_input_spec: activation_specs(QuantizationSpec, none_to_empty) = Field(  # type: ignore[valid-type]
+        default_factory=dict
+    )
+    module_output_spec: activation_specs(QuantizationSpec, none_to_empty) = Field(  # type: ignore[valid-type]
+        default_factory=dict
+    )
+    module_state_spec: module_state_specs(QuantizationSpec) = Field(default_factory=dict)  # type: ignore[valid-type]
 
+    op_config_cls: ClassVar[type[OpCompressionConfig]] = OpQuantizerConfig
 
-OpConfigsByType = configs_by_op_type(OpQuantizerConfig)
-OpConfigsByName = configs_by_regex(OpQuantizerConfig, "op_name_config")
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_upstream_keys(cls, data: Any) -> Any:
+        return drop_neutral_upstream_keys(data, cls.__name__, ("qat_schedule",))
+
+    @model_validator(mode="after")
+    def _no_module_boundary_specs(self) -> ModuleQuantizerConfig:
+        for key in ("module_input_spec", "module_output_spec"):
+            if spec_is_active(getattr(self, key)):
+                raise ValueError(
+                    f"{type(self).__name__}.{key} is not supported by coreai_opt_gpu yet; "
+                    f"quantize the module's ops with op_input_spec / op_output_spec"
+                )
+        return self
 
 
 @final
-class ModuleQuantizerConfig(ConfigModel):
-    """Quantization of one module's ops, with overrides by op type, op name and state name."""
+class QuantizerConfig(CompressionConfig):
+    """Quantization of a model: same precedence and inheritance as `KMeansPalettizerConfig`."""
 
-    op_state_spec: Specs | None = Field(default_factory=default_state_spec)
-    op_input_spec: Specs | None = Field(default_factory=default_activation_specs)
-    op_output_spec: Specs | None = Field(default_factory=default_activation_specs)
-    op_type_config: OpConfigsByType = Field(default_factory=dict)
-    op_name_config: OpConfigsByName = Field(default_factory=dict)
-    module_state_spec: Specs = Field(default_factory=dict)
+    global_config: ModuleQuantizerConfig | None = None
+    module_type_configs: dict[str, ModuleQuantizerConfig | None] = Field(default_factory=dict)
+    module_name_configs: dict[str, ModuleQuantizerConfig | None] = Field(default_factory=dict)
+
+    module_config_cls: ClassVar[type[ModuleCompressionConfig]] = ModuleQuantizerConfig
+    _CONFIG_KEY: ClassVar[str] = "quantization_config"
+    _SPEC_KEY: ClassVar[str] = "quantization_spec"
 
     @model_validator(mode="before")
     @classmethod
     def _drop_upstream_keys(cls, data: Any) -> Any:
         return drop_neutral_upstream_keys(
-            data, cls.__name__, ("qat_schedule",), _EMPTY_UPSTREAM_KEYS
-        )
-
-
-ModuleConfigsByType = configs_by_module_type(ModuleQuantizerConfig)
-ModuleConfigsByName = configs_by_regex(ModuleQuantizerConfig, "module_name_configs")
-
-
-@final
-class QuantizerConfig(CompressionConfigMixin, ConfigModel):
-    """Quantization of a model: precedence module name > module type > global."""
-
-    global_config: ModuleQuantizerConfig | None = None
-    module_type_configs: ModuleConfigsByType = Field(default_factory=dict)
-    module_name_configs: ModuleConfigsByName = Field(default_factory=dict)
-
-    root_key: ClassVar[str] = "quantization_config"
-
-    @model_validator(mode="before")
-    @classmethod
-    def _normalize(cls, data: Any) -> Any:
-        data = drop_neutral_upstream_keys(
             data, cls.__name__, ("preserved_attributes", "execution_mode", "kv_cache_quant_configs")
         )
-        return defaulted_global(data, ModuleQuantizerConfig)

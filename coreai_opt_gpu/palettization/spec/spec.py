@@ -1,15 +1,23 @@
-"""`PalettizationSpec`: how one weight is palettized (bits, LUT granularity, vectors, LUT dtype)."""
+"""`PalettizationSpec`: how one weight is palettized (bits, LUT granularity, vectors, LUT dtype,
+training strategy)."""
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, PositiveInt, model_validator
+from pydantic import BeforeValidator, Field, PositiveInt, PrivateAttr, model_validator
 
-from coreai_opt_gpu.config.base import SpecModel, drop_neutral_upstream_keys
+from coreai_opt_gpu.common import CompressionType
+from coreai_opt_gpu.config.spec import CompressionSpec
 from coreai_opt_gpu.palettization.spec.granularity import (
     PalettizationGranularity,
     PerTensorGranularity,
+    granularity_from_data,
+)
+from coreai_opt_gpu.palettization.spec.training_strategy import (
+    DefaultTrainingSpec,
+    TrainingStrategySpec,
+    strategy_spec_from_data,
 )
 from coreai_opt_gpu.quantization.spec import (
     PerTensorGranularity as QuantPerTensorGranularity,
@@ -23,19 +31,28 @@ from coreai_opt_gpu.quantization.spec.spec import dtype_name
 LUT_DTYPES = ("int8", "uint8", "float8_e4m3fn", "float8_e5m2")
 
 
-class PalettizationSpec(SpecModel):
-    """A weight becomes LUT[indices]: 2^n_bits centroids of `cluster_dim` values per block."""
+class PalettizationSpec(CompressionSpec):
+    """A weight becomes LUT[indices]: 2^n_bits centroids of `cluster_dim` values per block.
+
+    n_bits: 1, 2, 3, 4, 6 or 8. lut_qspec: the LUT's own quantization (int8, uint8,
+    float8_e4m3fn, float8_e5m2; per tensor, i.e. one scale per palettization block; zp).
+    granularity: per tensor, or per group of channels. cluster_dim: > 1 for vectors of
+    consecutive dim-0 elements. enable_per_channel_scale: divide each dim-0 slice by its
+    abs-max before clustering. training_strategy_spec: behaviour inside `training_mode()`.
+    """
 
     n_bits: Literal[1, 2, 3, 4, 6, 8] = 4
     lut_qspec: QuantizationSpec | None = None
-    granularity: PalettizationGranularity = Field(default_factory=PerTensorGranularity)
+    granularity: Annotated[PalettizationGranularity, BeforeValidator(granularity_from_data)] = (
+        Field(default_factory=PerTensorGranularity)
+    )
     cluster_dim: PositiveInt = 1
     enable_per_channel_scale: bool = False
+    training_strategy_spec: Annotated[
+        TrainingStrategySpec, BeforeValidator(strategy_spec_from_data)
+    ] = Field(default_factory=DefaultTrainingSpec)
 
-    @model_validator(mode="before")
-    @classmethod
-    def _drop_upstream_keys(cls, data: Any) -> Any:
-        return drop_neutral_upstream_keys(data, "PalettizationSpec", ("training_strategy_spec",))
+    _compression_type: CompressionType = PrivateAttr(default=CompressionType.PALETTIZATION)
 
     @model_validator(mode="after")
     def _check_lut_qspec(self) -> PalettizationSpec:

@@ -12,9 +12,15 @@ class QuantizationScheme(str, Enum):
     ASYMMETRIC = "asymmetric"
     SYMMETRIC_WITH_CLIPPING = "symmetric_with_clipping"  # drops the most negative code: [-127, 127]
 
+    def __str__(self) -> str:
+        return self.value
+
 
 class QuantizationFormulation(str, Enum):
-    """zp: x' = (q - zp) * scale. minval: x' = q * scale + min (not supported for LUTs)."""
+    """zp: x' = (q - zp) * scale. minval: x' = (q - quant_min) * scale + minval."""
 
-    ZP = "zp"
     MINVAL = "minval"
+    ZP = "zp"
+
+    def __str__(self) -> str:
+        return self.value
