@@ -1,5 +1,7 @@
 """KMeansPalettizer on real models: prepare, fake-palettized forward, state, precedence."""
 
+import copy
+
 import pytest
 import torch
 from safetensors.torch import save_file
@@ -74,8 +76,7 @@ W4 = KMeansPalettizerConfig.presets.w4(group_size=16)
         (
             SmallTransformer,
             (torch.randint(0, 64, (2, 10)),),
-            {
-                "embed.weight",
+            {  # embeddings are reached only through module_state_spec, as in coreai_opt
                 "attn.in_proj_weight",
                 "attn.out_proj.weight",
                 "mlp.0.weight",
@@ -106,13 +107,16 @@ def test_prepare_palettizes_every_targeted_weight(cls, inputs, expected):
         assert torch.equal(model.bn.running_mean, statistics)  # no forward pass in prepare
 
 
-def test_training_mode_passes_gradients_straight_through():
+def test_train_mode_keeps_palettized_weights_frozen_by_default():
+    """coreai_opt's default strategy: the palettized weight stays at its k-means value (no
+    gradient reaches it) while the rest of the network trains."""
     model = build(SmallCNN)
     KMeansPalettizer(model, W4).prepare()
     model.train()
     model(torch.randn(2, 3, 8, 8)).sum().backward()
     original = model.conv2.parametrizations.weight.original
-    assert original.grad is not None and original.grad.abs().sum() > 0
+    assert original.grad is None
+    assert model.conv2.bias.grad is not None and model.conv2.bias.grad.abs().sum() > 0
     with torch.no_grad():  # the forward value is the palettized weight, not the dense one
         decoded = model.conv2.parametrizations.weight[0].decode(original.dtype)
         assert torch.equal(model.conv2.weight, decoded)
@@ -142,7 +146,10 @@ def test_precedence_seen_on_the_model():
     config = (
         KMeansPalettizerConfig.presets.w4(group_size=16)
         .set_module_name(r"lm_head", None)
-        .set_module_type(nn.Embedding, ModuleKMeansPalettizerConfig.presets.w8())
+        .set_module_type(
+            nn.Embedding,
+            ModuleKMeansPalettizerConfig(module_state_spec={"weight": PalettizationSpec(n_bits=8)}),
+        )
     )
     model = build(SmallTransformer)
     dense_head = model.lm_head.weight.detach().clone()
@@ -209,8 +216,67 @@ def test_sensitivities_weight_the_clustering(tmp_path):
     assert errors["weighted"][important].sum() < errors["plain"][important].sum()
     assert errors["weighted"][~important].sum() > errors["plain"][~important].sum()
     save_file({"missing.weight": sensitivity}, str(path))
-    with pytest.raises(ValueError, match="not palettized"):
+    with pytest.raises(ValueError, match=r"the model does not have: \['missing.weight'\]"):
         KMeansPalettizer(nn.Sequential(nn.Linear(64, 32)), config).prepare(sensitivity_path=path)
+
+
+def test_sensitivity_files_in_both_formats(tmp_path):
+    """coreai_opt writes torch.save files keyed "<module>.parametrizations.weight.original",
+    with every parameter (biases too); ours are safetensors keyed "<module>.weight". Both
+    load and give the same clustering; save_sensitivities writes either by suffix."""
+    torch.manual_seed(0)
+    dense = nn.Sequential(nn.Linear(32, 16), nn.ReLU(), nn.Linear(16, 8))
+    sensitivity = {"0.weight": torch.rand(16, 32) ** 4, "2.weight": torch.rand(8, 16) ** 4}
+    theirs, ours = tmp_path / "sens.pt", tmp_path / "sens.safetensors"
+    torch.save(
+        {
+            "0.parametrizations.weight.original": sensitivity["0.weight"],
+            "2.parametrizations.weight.original": sensitivity["2.weight"],
+            "0.bias": torch.rand(16),
+        },
+        theirs,
+    )
+    save_file(sensitivity, str(ours))
+    weights = {}
+    for path in (theirs, ours):
+        model = copy.deepcopy(dense)
+        palettizer = KMeansPalettizer(model, KMeansPalettizerConfig())
+        palettizer.prepare(sensitivity_path=path)
+        weights[path.suffix] = (model[0].weight.clone(), model[2].weight.clone())
+        palettizer.save_sensitivities(tmp_path / f"again{path.suffix}")
+    assert all(torch.equal(a, b) for a, b in zip(*weights.values(), strict=True))
+    plain = copy.deepcopy(dense)
+    KMeansPalettizer(plain, KMeansPalettizerConfig()).prepare()
+    assert not torch.equal(plain[0].weight, weights[".pt"][0])  # the weighting did something
+    again = torch.load(tmp_path / "again.pt", weights_only=True)
+    assert set(again) == {
+        "0.parametrizations.weight.original",
+        "2.parametrizations.weight.original",
+    }
+    assert torch.equal(again["0.parametrizations.weight.original"], sensitivity["0.weight"])
+    with pytest.raises(ValueError, match="No sensitivities"):
+        unweighted = KMeansPalettizer(copy.deepcopy(dense))
+        unweighted.prepare()
+        unweighted.save_sensitivities(tmp_path / "none.pt")
+
+
+@pytest.mark.parametrize(
+    "granularity", [None, {"type": "per_grouped_channel", "axis": 0, "group_size": 4}]
+)
+def test_embedding_padding_row_decodes_to_exact_zero(granularity):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Embedding(16, 8, padding_idx=3))
+    spec = PalettizationSpec(n_bits=2, **({"granularity": granularity} if granularity else {}))
+    config = KMeansPalettizerConfig(
+        global_config=ModuleKMeansPalettizerConfig(),
+        module_type_configs={
+            nn.Embedding: ModuleKMeansPalettizerConfig(module_state_spec={"weight": spec})
+        },
+    )
+    KMeansPalettizer(model, config).prepare()
+    weight = model[0].weight
+    assert torch.equal(weight[3], torch.zeros(8))
+    assert len(torch.unique(weight)) <= 4 * (4 if granularity else 1)
 
 
 def test_decoded_weight_cache_follows_the_buffers():

@@ -4,6 +4,7 @@ from coreai_opt_gpu.palettization.config import (
     KMeansPalettizerConfig,
     ModuleKMeansPalettizerConfig,
     OpKMeansPalettizerConfig,
+    PATSchedule,
 )
 from coreai_opt_gpu.palettization.palettizer import KMeansPalettizer
 from coreai_opt_gpu.palettization.spec import PalettizationSpec
@@ -13,5 +14,6 @@ __all__ = [
     "KMeansPalettizerConfig",
     "ModuleKMeansPalettizerConfig",
     "OpKMeansPalettizerConfig",
+    "PATSchedule",
     "PalettizationSpec",
 ]

@@ -2,39 +2,56 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from enum import Enum
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.nn.utils import parametrize
 
 from coreai_opt_gpu.config.resolver import unmatched_module_keys
+from coreai_opt_gpu.config.trace import PALETTIZABLE_OPS, static_ops, trace_ops
 from coreai_opt_gpu.export import ExportBackend
 from coreai_opt_gpu.palettization.config import KMeansPalettizerConfig
 from coreai_opt_gpu.palettization.finalize import CompressionReport, finalize_torch
 from coreai_opt_gpu.palettization.finalize_coreai import finalize_coreai
-from coreai_opt_gpu.palettization.functional import functional_sites
-from coreai_opt_gpu.palettization.palettize import DEFAULT_MEMORY_BUDGET, palettize_targets
+from coreai_opt_gpu.palettization.palettize import (
+    DEFAULT_MEMORY_BUDGET,
+    PalettizedWeight,
+    palettize_targets,
+)
 from coreai_opt_gpu.palettization.parametrization import FakePalettize
+from coreai_opt_gpu.palettization.sensitivity import load_sensitivities
+from coreai_opt_gpu.palettization.sensitivity import (
+    save_sensitivities as write_sensitivities,
+)
 from coreai_opt_gpu.palettization.targets import WeightTarget, find_targets
 
 PREPARED_MARK = "_coreai_opt_gpu_prepared"
 logger = logging.getLogger(__name__)
 
 
-class KMeansPalettizer:
-    """Finds the weights a config palettizes, clusters all of them in a few batched engine
-    calls and installs a `FakePalettize` parametrization on each.
+class Lifecycle(Enum):
+    """What the palettizer is doing: nothing, a training loop, or a calibration."""
 
-    Weights are found on the model's modules (nn.Linear, nn.Conv1d/2d/3d,
-    nn.ConvTranspose1d/2d/3d, nn.Embedding, nn.MultiheadAttention's in_proj_weight) and, with
-    example inputs, among parameters passed to functional ops (F.linear, F.conv*d,
-    F.conv_transpose*d, F.embedding).
+    IDLE = "idle"
+    TRAINING = "training"
+    CALIBRATING = "calibrating"
+
+
+class KMeansPalettizer:
+    """Finds the weights a config palettizes (coreai_opt's resolution, from the ops a forward
+    calls), clusters all of them in a few batched engine calls and installs a `FakePalettize`
+    parametrization on each.
+
+    Ops: linear, conv1d/2d/3d, conv_transpose1d/2d/3d and nn.MultiheadAttention (the op
+    `multi_head_attention_forward`, with in_proj and out_proj weights), including functional
+    calls; any tensor through a module's `module_state_spec` (e.g. an nn.Embedding weight).
     """
 
     def __init__(self, model: nn.Module, config: KMeansPalettizerConfig | None = None) -> None:
@@ -44,6 +61,14 @@ class KMeansPalettizer:
         self.config = config if config is not None else KMeansPalettizerConfig()
         self.report: CompressionReport | None = None
         self._targets: list[WeightTarget] = []
+        self._sensitivities: dict[str, torch.Tensor] | None = None
+        self._lifecycle = Lifecycle.IDLE
+        self._step_count = 0
+
+    @classmethod
+    def get_op_type_resolver(cls) -> Callable[[Callable], str | None]:
+        """A function mapping a torch function to its palettizable op type (None if none)."""
+        return PALETTIZABLE_OPS.get
 
     def prepare(
         self,
@@ -57,16 +82,16 @@ class KMeansPalettizer:
         """Palettize the model in place and return it.
 
         example_inputs: one forward of them (eval mode, no gradients, training flags
-        restored: no statistics move) finds parameters used through functional calls
-        (`F.linear(x, self.w)`); their state names resolve like any other (so a default
-        config, keyed "weight"/"in_proj_weight", takes such a parameter only when it is named
-        "weight", or with "*"). Without example inputs only module weights are found.
-        sensitivity_path: a safetensors file of {"<module>.<weight>": importance}, tensors
-        shaped like the weights, used as k-means sample weights.
+        restored: no statistics move) records the ops each module calls and the tensors it
+        passes them, which the config resolves (functional calls included). Without example
+        inputs the ops are inferred from module types (standard layers only).
+        sensitivity_path: k-means sample weights, a file in our format (safetensors,
+        "<module>.<weight>") or coreai_opt's (`torch.save`, "<module>.parametrizations.
+        <weight>.original"); entries for parameters that are not palettized are ignored.
         num_workers: accepted for compatibility (>= 1); all blocks are clustered together.
         device: where clustering runs (default: CUDA for a CPU-resident model when a GPU is
         present, else the model's device); memory_budget: bytes of fp32 weight blocks sent
-        to it at once (the engine's own working memory comes on top; to be measured on a GPU).
+        to it at once (the engine's own working memory comes on top).
         """
         if not isinstance(num_workers, int) or num_workers < 1:
             raise ValueError(f"num_workers must be an integer >= 1, got {num_workers!r}")
@@ -75,39 +100,62 @@ class KMeansPalettizer:
                 "the model is already prepared for palettization; prepare it "
                 "once, or finalize it first"
             )
-        sensitivities = None
-        if sensitivity_path is not None:
-            sensitivities = load_file(str(sensitivity_path))
         if isinstance(example_inputs, torch.Tensor):
             example_inputs = (example_inputs,)
-        functional = functional_sites(self.model, example_inputs) if example_inputs else []
+        trace = trace_ops(self.model, example_inputs) if example_inputs else static_ops(self.model)
         unmatched = unmatched_module_keys(self.config, self.model)
         if unmatched:
             warnings.warn(
                 f"config entries that match no module of the model: {unmatched}", stacklevel=2
             )
-        targets = find_targets(self.model, self.config, functional)
-        if sensitivities:
-            known = {t.qualified_name for t in targets}
-            unknown = sorted(set(sensitivities) - known)
-            if unknown:
-                raise ValueError(
-                    f"sensitivities given for weights that are not palettized: "
-                    f"{unknown[:5]}; palettized weights: {sorted(known)[:5]}"
-                )
+        targets = find_targets(self.model, self.config, trace)
+        sensitivities = None
+        if sensitivity_path is not None:
+            sensitivities = self._read_sensitivities(sensitivity_path, targets)
         results = palettize_targets(
             targets, sensitivities, progress=True, device=device, memory_budget=memory_budget
         )
         self._targets = targets
+        self._sensitivities = sensitivities
         for target in targets:
+            fake = FakePalettize(keep_padding_row_zero(target, results[target.qualified_name]))
+            fake.tensor_fqn = target.qualified_name
             parametrize.register_parametrization(
-                target.module,
-                target.state_name,
-                FakePalettize(results[target.qualified_name]),
-                unsafe=True,
+                target.module, target.state_name, fake, unsafe=True
             )
         self.model.register_buffer(PREPARED_MARK, torch.tensor(True), persistent=False)
         return self.model
+
+    def _read_sensitivities(
+        self, path: str | Path, targets: list[WeightTarget]
+    ) -> dict[str, torch.Tensor]:
+        """The file's sensitivities of palettized weights; a key naming no tensor of the model
+        is an error, one naming a tensor that is not palettized is ignored (coreai_opt files
+        hold every parameter)."""
+        sensitivities = load_sensitivities(path)
+        known = {t.qualified_name for t in targets}
+        tensors = {n for n, _ in self.model.named_parameters(remove_duplicate=False)}
+        tensors |= {n for n, _ in self.model.named_buffers(remove_duplicate=False)}
+        unknown = sorted(set(sensitivities) - known - tensors)
+        if unknown:
+            raise ValueError(
+                f"{path}: sensitivities for tensors the model does not have: {unknown[:5]}; "
+                f"palettized weights: {sorted(known)[:5]}"
+            )
+        ignored = sorted(set(sensitivities) - known)
+        if ignored:
+            logger.info("%s: ignoring sensitivities of weights not palettized: %s", path, ignored)
+        return {name: s for name, s in sensitivities.items() if name in known}
+
+    def _fakes(self) -> list[FakePalettize]:
+        return [t.module.parametrizations[t.state_name][0] for t in self._targets]
+
+    def _enter(self, lifecycle: Lifecycle, what: str) -> None:
+        if not is_prepared(self.model) or not self._targets:
+            raise RuntimeError(f"{what} needs a prepared model: call prepare first")
+        if self._lifecycle is not Lifecycle.IDLE:
+            raise RuntimeError(f"Cannot enter {what} while palettizer is {self._lifecycle.value}")
+        self._lifecycle = lifecycle
 
     @contextmanager
     def calibration_mode(
@@ -126,14 +174,16 @@ class KMeansPalettizer:
 
         Gradients reach the dense weights straight through the palettization in any mode
         (eval keeps BatchNorm statistics still); parameter `.grad`s are cleared after each
-        step. The sensitivities are saved to `sensitivity_path` (safetensors) when given.
+        step. The sensitivities are saved to `sensitivity_path` when given (safetensors for
+        a ".safetensors" path, coreai_opt's torch.save format otherwise).
         """
         model = self.model if model is None else model
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-        if not is_prepared(model) or not self._targets:
+        if not is_prepared(model):
             raise RuntimeError("calibration needs a prepared model: call prepare first")
-        fakes = [t.module.parametrizations[t.state_name][0] for t in self._targets]
+        self._enter(Lifecycle.CALIBRATING, "calibration_mode()")
+        fakes = self._fakes()
         collector = SensitivityCollector(model, self._targets, loss_fn)
         for fake in fakes:
             fake.straight_through = True
@@ -142,13 +192,82 @@ class KMeansPalettizer:
         finally:
             for fake in fakes:
                 fake.straight_through = False
+            self._lifecycle = Lifecycle.IDLE
         if collector.steps == 0:
             raise RuntimeError("calibration_mode ended without any step(output, target) call")
         if sensitivity_path is not None:
-            save_sensitivities(collector.sensitivities, sensitivity_path)
+            write_sensitivities(collector.sensitivities, sensitivity_path)
+        self._sensitivities = collector.sensitivities
         results = palettize_targets(self._targets, collector.sensitivities, progress=True)
         for target, fake in zip(self._targets, fakes, strict=True):
-            fake.update(results[target.qualified_name])
+            fake.update(keep_padding_row_zero(target, results[target.qualified_name]))
+
+    @contextmanager
+    def training_mode(self) -> Iterator[KMeansPalettizer]:
+        """Context manager around a training loop (not inside `calibration_mode()`).
+
+        The model is in train mode inside (its modes are restored on exit). Each palettized
+        weight behaves as its spec's `training_strategy_spec` says: by default it stays at
+        its k-means value and the rest of the network trains around it; with
+        `CentroidTrainingSpec` its LUT learns. A module's `pat_schedule` keeps its
+        palettization off (the dense weight trains) until `step()` has been called
+        `enable_fake_palettize` times, then re-clusters it from the trained weight.
+        """
+        self._enter(Lifecycle.TRAINING, "training_mode()")
+        modes = {module: module.training for module in self.model.modules()}
+        self.model.train()
+        try:
+            self._apply_schedule()
+            yield self
+        finally:
+            for target, fake in zip(self._targets, self._fakes(), strict=True):
+                if fake.fake_palett_enabled:
+                    fake.training_strategy.on_exit(fake, target.tensor)
+            for module, training in modes.items():
+                module.train(training)
+            self._lifecycle = Lifecycle.IDLE
+
+    def step(self) -> None:
+        """Advance the training schedule by one step; only inside `training_mode()`."""
+        if self._lifecycle is not Lifecycle.TRAINING:
+            raise RuntimeError("step() must be called inside a training_mode() context.")
+        self._step_count += 1
+        self._apply_schedule()
+        for target, fake in zip(self._targets, self._fakes(), strict=True):
+            if fake.fake_palett_enabled:
+                fake.training_strategy.on_step(fake, target.tensor, self._step_count)
+
+    def _apply_schedule(self) -> None:
+        """Turn each scheduled weight's palettization on or off for the current step; the
+        ones turning on are re-clustered from their current dense weights."""
+        turning_on = []
+        for target, fake in zip(self._targets, self._fakes(), strict=True):
+            if target.pat_schedule is None:
+                continue
+            enabled = target.pat_schedule._compute_state(self._step_count)
+            if enabled and not fake.fake_palett_enabled:
+                turning_on.append((target, fake))
+            fake.enable_fake_palett(enabled)
+        if turning_on:
+            targets = [target for target, _ in turning_on]
+            results = palettize_targets(targets, self._sensitivities)
+            for target, fake in turning_on:
+                fake.update(keep_padding_row_zero(target, results[target.qualified_name]))
+
+    def save_sensitivities(self, path: str | Path) -> None:
+        """Write the sensitivities in use (from `calibration_mode()` or `prepare`): ours for a
+        ".safetensors" path, coreai_opt's torch.save format otherwise."""
+        if not is_prepared(self.model):
+            raise RuntimeError(
+                "Model must be prepared before saving sensitivities. Call prepare() first."
+            )
+        if not self._sensitivities:
+            raise ValueError(
+                "No sensitivities found in the model. Run calibration_mode() first to compute "
+                "sensitivity values, or load precomputed sensitivities via "
+                "prepare(sensitivity_path=...)."
+            )
+        write_sensitivities(self._sensitivities, path)
 
     def finalize(
         self,
@@ -163,9 +282,12 @@ class KMeansPalettizer:
         decoded by the packed dequant op on access (see `finalize.finalize_torch`).
         ExportBackend.CoreAI: coreai-torch's palettization layers, for its converter (needs
         the optional coreai-torch package; see `finalize_coreai`). The figures are in
-        `self.report`. The Core ML backend is not built yet.
+        `self.report`. The Core ML backend is not built yet. Trained LUTs are snapped to
+        their quantization grid, indices re-assigned, and stored as buffers first.
         """
         model = self.model if model is None else model
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         if not is_prepared(model):
             raise RuntimeError("the model is not prepared for palettization: call prepare first")
         backend = ExportBackend(backend)
@@ -176,6 +298,11 @@ class KMeansPalettizer:
             )
         if mmap_dir is not None:
             raise ValueError("mmap_dir is not supported yet: pass None")
+        if model is self.model:
+            for target, fake in zip(self._targets, self._fakes(), strict=True):
+                if fake.lut_is_trainable:
+                    fake.reassign_indices(target.tensor)
+                    fake.freeze_lut()
         finalize = finalize_coreai if backend == ExportBackend.CoreAI else finalize_torch
         self.report = finalize(model)
         logger.info(
@@ -217,8 +344,40 @@ class SensitivityCollector:
 
 
 def save_sensitivities(sensitivities: dict[str, torch.Tensor], path: str | Path) -> None:
-    """Write {"<module>.<weight>": sensitivity} to a safetensors file for `prepare`."""
-    save_file({name: s.contiguous().cpu() for name, s in sensitivities.items()}, str(path))
+    """Write {"<module>.<weight>": sensitivity} for `prepare(sensitivity_path=...)`."""
+    write_sensitivities(sensitivities, path)
+
+
+def keep_padding_row_zero(target: WeightTarget, palettized: PalettizedWeight) -> PalettizedWeight:
+    """An nn.Embedding's `padding_idx` row (zero, and never trained) must decode to exactly
+    zero: in each block it touches, the centroid nearest zero becomes 0 and the row's
+    elements take it. Needs scalar centroids; with cluster_dim > 1 the row shares vectors
+    with its neighbours, so it is left as clustered, with a warning."""
+    module = target.module
+    pad = getattr(module, "padding_idx", None)
+    if not isinstance(module, nn.Embedding) or target.state_name != "weight" or pad is None:
+        return palettized
+    if not bool((target.tensor[pad] == 0).all()):
+        return palettized
+    layout = palettized.layout
+    if layout.cluster_dim > 1:
+        warnings.warn(
+            f"{target.qualified_name}: padding_idx row {pad} is palettized in vectors of "
+            f"cluster_dim={layout.cluster_dim} rows and may not decode to exactly zero",
+            stacklevel=3,
+        )
+        return palettized
+    lut = palettized.lut.clone()  # [G, K, 1]
+    indices = palettized.indices.clone()  # [O, C, T]
+    block_row = pad // (layout.vectors // layout.blocks_axis0)
+    columns_per_block = layout.channels // layout.blocks_axis1
+    for column_block in range(layout.blocks_axis1):
+        g = block_row * layout.blocks_axis1 + column_block
+        code = int(lut[g, :, 0].abs().argmin())
+        lut[g, code, 0] = 0.0
+        columns = slice(column_block * columns_per_block, (column_block + 1) * columns_per_block)
+        indices[pad, columns] = code
+    return dataclasses.replace(palettized, lut=lut, indices=indices)
 
 
 def is_prepared(model: nn.Module) -> bool:

@@ -1,23 +1,46 @@
-"""Which weights of a model a config palettizes, with their op types and specs."""
+"""Which weights of a model a config palettizes, with their specs and block layouts.
+
+`resolve_weights` applies the resolver (`coreai_opt_gpu.config.resolver`) to the ops of a
+forward (`config.trace.trace_ops`) or, without example inputs, to the ops standard modules
+call (`static_ops`); `find_targets` adds each weight's block layout and drops, with a warning,
+the weights the layout cannot split.
+"""
 
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from coreai_opt_gpu.config.module_states import module_states
-from coreai_opt_gpu.config.resolver import SpecSite, resolve_spec, select_module_config
+from coreai_opt_gpu.config.resolver import module_configs, resolve_states, with_resolved_axis
+from coreai_opt_gpu.config.trace import OpTrace, static_ops
 from coreai_opt_gpu.palettization.layout import (
     IncompatibleWeightError,
     PaletteLayout,
     palette_layout,
 )
 from coreai_opt_gpu.palettization.spec import PalettizationSpec
+
+
+@dataclass(frozen=True)
+class ResolvedWeight:
+    """A weight and the spec it resolves to (axis resolved), before any shape check."""
+
+    module_name: str
+    module: nn.Module
+    state_name: str
+    spec: PalettizationSpec
+    op_type: str  # the op of the call that decided the spec ("linear", "embedding", ...)
+    module_config: Any  # the module config that gave the spec (fast k-means settings)
+    pat_schedule: Any  # the schedule of the owning module's config
+
+    @property
+    def qualified_name(self) -> str:
+        return f"{self.module_name}.{self.state_name}" if self.module_name else self.state_name
 
 
 @dataclass(frozen=True)
@@ -30,6 +53,8 @@ class WeightTarget:
     spec: PalettizationSpec
     layout: PaletteLayout
     rounding_precision: int | None  # fast k-means mode of the module config, None when off
+    op_type: str = "linear"
+    pat_schedule: Any = None
 
     @property
     def qualified_name(self) -> str:
@@ -43,37 +68,55 @@ class WeightTarget:
         return getattr(self.module, self.state_name)
 
 
-def find_targets(
-    model: nn.Module, config: object, functional: Sequence[tuple[str, str, str]] = ()
-) -> list[WeightTarget]:
-    """Every weight the config palettizes: module weights (`MODULE_STATES`) and the
-    `functional` sites (module name, parameter name, op type) found by tracing; incompatible
-    weights warn and stay dense."""
+def resolve_weights(
+    model: nn.Module, config: Any, trace: OpTrace | None = None
+) -> list[ResolvedWeight]:
+    """Every model tensor the config palettizes, in module order, with its spec."""
+    trace = static_ops(model) if trace is None else trace
+    states = resolve_states(config, model, trace)
+    choices = module_configs(config, model)
+    resolved = []
+    for name, module in model.named_modules():
+        for state_name, tensor in (
+            *module.named_parameters(recurse=False, remove_duplicate=False),
+            *module.named_buffers(recurse=False, remove_duplicate=False),
+        ):
+            state = states.get(id(tensor))
+            if state is None:
+                continue
+            choice = choices.get(name)
+            schedule = None if choice is None else choice.config.pat_schedule
+            spec = with_resolved_axis(state.spec, state.op_type)
+            resolved.append(
+                ResolvedWeight(
+                    name, module, state_name, spec, state.op_type, state.module_config, schedule
+                )
+            )
+    return resolved
+
+
+def find_targets(model: nn.Module, config: Any, trace: OpTrace | None = None) -> list[WeightTarget]:
+    """The weights to palettize with their layouts; incompatible ones warn and stay dense."""
     targets = []
-    sites = [
-        (name, module, op_type, state)
-        for name, module in model.named_modules()
-        for op_type, state in module_states(module)
-    ]
-    known = {id(getattr(module, state)) for _, module, _, state in sites}
-    for module_name, state, op_type in functional:
-        module = model.get_submodule(module_name)
-        if id(getattr(module, state)) not in known:
-            sites.append((module_name, module, op_type, state))
-    for name, module, op_type, state in sites:
-        site = SpecSite(name, type(module), op_type, op_name=name, name=state)
-        spec = resolve_spec(config, site)
-        if spec is None:
-            continue
-        qualified = f"{name}.{state}" if name else state
-        weight = getattr(module, state)
+    for weight in resolve_weights(model, config, trace):
+        tensor = getattr(weight.module, weight.state_name)
         try:
-            layout = palette_layout(tuple(weight.shape), spec, op_type)
+            layout = palette_layout(tuple(tensor.shape), weight.spec, weight.op_type)
         except IncompatibleWeightError as err:
-            warnings.warn(f"{qualified} left dense: {err}", stacklevel=2)
+            warnings.warn(f"{weight.qualified_name} left dense: {err}", stacklevel=2)
             continue
-        module_config = select_module_config(config, name, type(module))
-        fast = module_config.enable_fast_kmeans_mode and spec.cluster_dim == 1
-        precision = module_config.rounding_precision if fast else None
-        targets.append(WeightTarget(name, module, state, spec, layout, precision))
+        fast = weight.module_config.enable_fast_kmeans_mode and weight.spec.cluster_dim == 1
+        precision = weight.module_config.rounding_precision if fast else None
+        targets.append(
+            WeightTarget(
+                weight.module_name,
+                weight.module,
+                weight.state_name,
+                weight.spec,
+                layout,
+                precision,
+                weight.op_type,
+                weight.pat_schedule,
+            )
+        )
     return targets
