@@ -1,0 +1,117 @@
+"""Load a checkpoint written by `coreai-opt-gpu palettize` into a model: the same finalized
+model as `KMeansPalettizer(model, config).prepare()` + `finalize(backend=ExportBackend.Torch)`
+on the original checkpoint, without clustering anything."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+from torch import nn
+from torch.nn.utils import parametrize
+
+from coreai_opt_gpu.checkpoint.rundir import CONFIG_NAME
+from coreai_opt_gpu.checkpoint.shards import INDEX_NAME, SINGLE_NAME, CheckpointError
+from coreai_opt_gpu.engine.lut_quant import QuantizedLut
+from coreai_opt_gpu.palettization.config import KMeansPalettizerConfig
+from coreai_opt_gpu.palettization.finalize import finalize_torch
+from coreai_opt_gpu.palettization.palettize import PalettizedWeight
+from coreai_opt_gpu.palettization.parametrization import FakePalettize
+from coreai_opt_gpu.palettization.targets import find_targets
+from coreai_opt_gpu.reference.packing import unpack_indices
+
+
+def read_state_dict(directory: Path) -> dict[str, torch.Tensor]:
+    """Every tensor of the output checkpoint in `directory` (its index, or model.safetensors)."""
+    index = directory / INDEX_NAME
+    if index.is_file():
+        names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+    elif (directory / SINGLE_NAME).is_file():
+        names = [SINGLE_NAME]
+    else:
+        raise CheckpointError(f"{directory}: no {INDEX_NAME} or {SINGLE_NAME}")
+    state: dict[str, torch.Tensor] = {}
+    for name in names:
+        path = directory / name
+        if not path.is_file():
+            raise CheckpointError(f"{path}: shard named by {index} not found")
+        state.update(load_file(str(path)))
+    return state
+
+
+def load_palettized(directory: str | Path, model: nn.Module) -> nn.Module:
+    """Install the palettized weights of `directory` on `model` (same architecture as the
+    checkpoint, not prepared; its dense weights are dropped) and load every tensor; returns
+    it. Tensors the checkpoint does not hold (e.g. non-persistent buffers) are kept, so a
+    model on the meta device is refused when it has any.
+
+    Each palettized weight becomes a `PackedPalettize` parametrization (as `finalize_torch`
+    makes it) and every tensor takes the stored dtype (load_state_dict with assign=True), so
+    the model's state_dict equals the stored one.
+    """
+    directory = Path(directory)
+    config_path = directory / CONFIG_NAME
+    if not config_path.is_file():
+        raise CheckpointError(f"{config_path}: not found; is {directory} a palettized output?")
+    config = KMeansPalettizerConfig.from_yaml(config_path)
+    state = read_state_dict(directory)
+    targets = find_targets(model, config)
+    owners: dict[int, str] = {}
+    for target in targets:
+        first = owners.setdefault(id(target.tensor), target.qualified_name)
+        if first != target.qualified_name:
+            raise CheckpointError(
+                f"{target.qualified_name} is tied to {first}: loading tied palettized weights "
+                "is not supported yet (the checkpoint stores them once)"
+            )
+    installed = 0
+    for target in targets:
+        prefix = ".".join(
+            p for p in (target.module_name, "parametrizations", target.state_name) if p
+        )
+        if f"{prefix}.0.packed" not in state:
+            raise CheckpointError(
+                f"{directory}: no palettized entries for {target.qualified_name} "
+                f"({prefix}.0.packed missing); the model does not match the checkpoint"
+            )
+        original = state[f"{prefix}.original"]
+        palettized = _palettized_weight(target, state, prefix)
+        shape = tuple(target.tensor.shape)
+        placeholder = torch.empty(shape, dtype=original.dtype, device="meta")
+        if parametrize.is_parametrized(target.module, target.state_name):
+            raise CheckpointError(f"{target.qualified_name} is already parametrized")
+        setattr(target.module, target.state_name, nn.Parameter(placeholder, requires_grad=False))
+        parametrize.register_parametrization(
+            target.module, target.state_name, FakePalettize(palettized), unsafe=True
+        )
+        installed += 1
+    if not installed:
+        raise CheckpointError(f"{directory}: the config palettizes no weight of this model")
+    finalize_torch(model)
+    model.load_state_dict(state, strict=True, assign=True)
+    still_meta = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
+    if still_meta:
+        raise CheckpointError(
+            f"tensors not stored in {directory} are still on the meta device: {still_meta[:5]}; "
+            "build the model on a real device (e.g. AutoModelForCausalLM.from_config on CPU)"
+        )
+    return model
+
+
+def _palettized_weight(target, state: dict[str, torch.Tensor], prefix: str) -> PalettizedWeight:
+    layout, spec = target.layout, target.spec
+    packed = state[f"{prefix}.0.packed"]
+    v, c, t = layout.index_shape
+    codes = unpack_indices(packed.numpy(), spec.n_bits, c * t)
+    indices = torch.from_numpy(codes).reshape(v, c, t)
+    lut = state[f"{prefix}.0.lut"]
+    row_scale = state[f"{prefix}.0.row_scale"]
+    lut_scale = state[f"{prefix}.0.lut_scale"]
+    quantized = None
+    if lut_scale.numel():
+        quantized = QuantizedLut(lut, lut_scale, state[f"{prefix}.0.lut_zero_point"])
+    return PalettizedWeight(
+        spec, layout, lut, indices, row_scale if row_scale.numel() else None, quantized
+    )
