@@ -12,7 +12,7 @@ import torch
 
 from coreai_opt_gpu import reference
 from coreai_opt_gpu.engine import cluster_blocks, scalar
-from coreai_opt_gpu.engine.scalar import fast_mode_codes, grid_rows
+from coreai_opt_gpu.engine.fast_mode import fast_mode_table, fast_mode_values
 
 QUALITY_BAR = 1.005
 
@@ -96,14 +96,23 @@ def test_exact_oracle_pads_with_last_centroid():
     assert centroids[0].tolist() == [1.0, 2.0, 5.0, 5.0, 5.0, 5.0]
 
 
+def rounded(x, rounding_precision=4):
+    """coreai_opt's fast-mode values of x (numpy in, numpy out)."""
+    return fast_mode_values(torch.from_numpy(x), rounding_precision).numpy()
+
+
 def optimum(x, w, k, rounding_precision=None):
+    """Exact optimum per block; in fast mode over the distinct rounded values, weighted."""
     if rounding_precision is None:
         order = np.argsort(x, 1)
         values, weights = np.take_along_axis(x, order, 1), np.take_along_axis(w, order, 1)
-    else:
-        rows = grid_rows(fast_mode_codes(x, rounding_precision), w, rounding_precision)
-        values, weights = rows.values.numpy(), rows.weights.numpy()
-    return reference.kmeans_1d_exact(values, weights, k)[1]
+        return reference.kmeans_1d_exact(values, weights, k)[1]
+    costs = []
+    for block, block_w in zip(rounded(x, rounding_precision), w, strict=True):
+        values, inverse = np.unique(block, return_inverse=True)
+        weights = np.bincount(inverse, block_w)
+        costs.append(reference.kmeans_1d_exact(values[None], weights[None], k)[1][0])
+    return np.array(costs)
 
 
 @pytest.mark.parametrize("n_bits", [1, 2, 3, 4, 6, 8])
@@ -121,9 +130,7 @@ def test_quality_bar_against_exact_optimum(n_bits, data, mode):
         best = optimum(x, w, k, precision)
         assert np.all(inertia <= QUALITY_BAR * best + 1e-12), inertia / best
         assert lut.shape == (shape[0], k) and np.all(np.diff(lut, axis=1) >= 0)
-        clustered = (
-            x if precision is None else (fast_mode_codes(x, 4).astype(np.float32) / np.float32(1e4))
-        )
+        clustered = x if precision is None else rounded(x)
         recomputed = (clustered - np.take_along_axis(lut, codes.astype(np.int64), 1)) ** 2
         np.testing.assert_allclose(recomputed.sum(1), inertia, rtol=1e-4)
 
@@ -159,8 +166,14 @@ def test_few_distinct_values_exact_with_padding():
 
 def test_fast_mode_semantics_and_out_of_fp16_range_blocks():
     x = np.array([[0.012345, -0.5, 0.25, 1e-6], [7e4, 1.0, 2.0, 3.0]], np.float32)
-    codes = fast_mode_codes(x[:1], 4)
-    assert codes.tolist() == [[123, -5000, 2500, 0]]
+    # upstream: float32(round(fp16(x) * 1e4)) / 1e4; fp16(0.012345) = 0.012344360...
+    expected = (np.round(x[:1].astype(np.float16).astype(np.float32) * 1e4) / 1e4).astype(
+        np.float32
+    )
+    assert np.array_equal(rounded(x[:1]), expected)
+    table = fast_mode_table(4, torch.device("cpu"))
+    slots = table.key_to_slot.numpy()[reference.kmeans_1d.fp16_keys(x[:1])]
+    assert np.array_equal(table.slot_values.numpy()[slots], expected)  # the slot table agrees
     lut, _, inertia = cluster_scalar(x, 4, rounding_precision=4)
     assert lut[0].tolist() == pytest.approx([-0.5, 0.0, 0.0123, 0.25], abs=1e-7)
     assert 7e4 in lut[1]  # out-of-range block clustered exactly, not cast to fp16 (inf)

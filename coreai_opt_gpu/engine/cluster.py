@@ -6,13 +6,30 @@ from dataclasses import dataclass
 
 import torch
 
-from coreai_opt_gpu.engine.scalar import cluster_scalar
+from coreai_opt_gpu.backend import Backend, choose_backend
+from coreai_opt_gpu.engine.fast_mode import fast_mode_table
+from coreai_opt_gpu.engine.scalar import cluster_scalar, coarse_bins
 from coreai_opt_gpu.engine.vector import cluster_vector
 
-# Scalar blocks are clustered ~16M values at a time: measured on the CPU, 1024 blocks of 64K
-# values take 6.8 s in one call and 3.4 s in four (the temporaries outgrow the caches and the
-# fast-mode grid outgrows its budget).
+# On the host path scalar blocks are clustered ~16M values at a time: measured on the CPU,
+# 1024 blocks of 64K values take 6.8 s in one call and 3.4 s in four (the temporaries outgrow
+# the caches). On the device path chunks follow the memory budget instead.
 SCALAR_CHUNK_VALUES = 1 << 24
+DEFAULT_ENGINE_BUDGET = 2 * 2**30  # bytes of engine working memory per call on the device
+
+
+def scalar_block_bytes(n: int, k: int, rounding_precision: int | None, weighted: bool) -> int:
+    """Device working memory of one scalar block of n values (rows, prefix sums, DP scratch,
+    codes), as the kernels allocate it."""
+    bins = coarse_bins(k, n)
+    dp = 5 * 8 * (bins + 1) + 2 * max(k - 1, 1) * (bins + 1) + 8 * k
+    if rounding_precision is not None and not weighted:
+        slots = fast_mode_table(rounding_precision, torch.device("cpu")).slots
+        width = min(n, slots)
+        rows = 4 * slots + 4 * width + 3 * 8 * (width + 1)
+    else:
+        rows = 4 * n + 8 * n + 3 * 8 * (n + 1) + (8 * n if weighted else 0)
+    return rows + dp + 4 * n + n  # plus a float32 copy of the block and its codes
 
 
 @dataclass(frozen=True)
@@ -24,12 +41,23 @@ class Clustering:
     inertia: torch.Tensor
 
 
-def check_blocks(blocks: torch.Tensor, n_bits: int, weights: torch.Tensor | None) -> None:
-    """Raise ValueError for input the engine cannot cluster, saying what is wrong."""
+def check_shapes(blocks: torch.Tensor, n_bits: int, weights: torch.Tensor | None) -> None:
+    """Raise ValueError for shapes or bit widths the engine cannot cluster (no data read)."""
     if blocks.dim() != 3 or 0 in blocks.shape:
         raise ValueError(f"blocks must be a non-empty [G, N, D] tensor, got {list(blocks.shape)}")
     if not 1 <= n_bits <= 8:
         raise ValueError(f"n_bits={n_bits} is not supported; allowed: 1..8")
+    if weights is not None and weights.shape != blocks.shape[:2]:
+        raise ValueError(
+            f"weights must be finite, non-negative [G, N] = {list(blocks.shape[:2])}, got "
+            f"{list(weights.shape)}"
+        )
+
+
+def check_blocks(blocks: torch.Tensor, n_bits: int, weights: torch.Tensor | None) -> None:
+    """Raise ValueError for input the engine cannot cluster, saying what is wrong (reads the
+    data: one sync on a device)."""
+    check_shapes(blocks, n_bits, weights)
     if not torch.isfinite(blocks).all():
         bad = (~torch.isfinite(blocks)).flatten(1).any(1).nonzero().flatten()[:5].tolist()
         raise ValueError(f"blocks contain NaN or inf (first blocks affected: {bad})")
@@ -53,6 +81,8 @@ def cluster_blocks(
     max_iter: int = 300,
     restarts: int = 8,
     seed: int | None = None,
+    memory_budget: int | None = None,
+    validate: bool = True,
 ) -> Clustering:
     """k-means with K = 2^n_bits of every block at once; results on the blocks' device.
 
@@ -61,8 +91,17 @@ def cluster_blocks(
     to that many decimals before clustering. Vector blocks (D > 1) run `restarts` k-means++
     restarts, reproducible for a given `seed` (None: drawn from torch's global RNG). LUT rows
     are ascending (lexicographic for vectors); unused entries repeat the last centroid.
+
+    Scalar blocks on the device are clustered in chunks whose working memory stays within
+    `memory_budget` bytes (default 2 GiB); results do not depend on the chunking.
+    `validate=False` skips the checks that read data back (finite values and weights; in fast
+    mode, which blocks exceed the fp16 range): the caller guarantees finite input within the
+    fp16 range, and the scalar device path then never syncs with the host.
     """
-    check_blocks(blocks, n_bits, weights)
+    if validate:
+        check_blocks(blocks, n_bits, weights)
+    else:
+        check_shapes(blocks, n_bits, weights)
     g, n, d = blocks.shape
     if d > 1:
         if rounding_precision is not None:
@@ -73,18 +112,28 @@ def cluster_blocks(
             x, 2**n_bits, w, restarts=restarts, max_iter=max_iter, seed=seed
         )
         return Clustering(lut=lut, indices=indices, inertia=inertia)
-    x = blocks.detach().reshape(g, n).to(torch.float32).contiguous()
+    x = blocks.detach().reshape(g, n)
     w = None if weights is None else weights.detach().to(torch.float64)
-    step = max(1, SCALAR_CHUNK_VALUES // n)  # blocks are independent: same result per chunk
+    k = 2**n_bits
+    if choose_backend(x) == Backend.TRITON:
+        budget = DEFAULT_ENGINE_BUDGET if memory_budget is None else memory_budget
+        per_block = scalar_block_bytes(n, k, rounding_precision, w is not None)
+        step = max(1, budget // per_block)
+    else:
+        step = max(1, SCALAR_CHUNK_VALUES // n)  # blocks are independent: same result per chunk
     parts = [
         cluster_scalar(
             x[i : i + step],
-            2**n_bits,
+            k,
             None if w is None else w[i : i + step],
             rounding_precision,
             max_iter,
+            validate=validate,
         )
         for i in range(0, g, step)
     ]
-    lut, indices, inertia = (torch.cat(column) for column in zip(*parts, strict=True))
+    if len(parts) == 1:
+        lut, indices, inertia = parts[0]
+    else:
+        lut, indices, inertia = (torch.cat(column) for column in zip(*parts, strict=True))
     return Clustering(lut=lut.reshape(g, -1, 1), indices=indices, inertia=inertia)

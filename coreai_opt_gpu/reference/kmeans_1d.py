@@ -1,17 +1,30 @@
-"""Scalar k-means building blocks (numpy twins of the Triton kernels `lloyd_1d`, `assign_1d`).
+"""Scalar k-means building blocks: numpy twins of the Triton kernels in `kernels/kmeans_1d.py`.
 
-Each block is a row of sorted values with weights (the sorted weights themselves, or a
-histogram on a fixed grid). With prefix sums of w and w*x, one Lloyd iteration costs
-O(K log M) per block: K-1 midpoints, a binary search per midpoint and K differences of prefix
-sums. All blocks advance together, with no Python loop over blocks.
+Each block becomes a *row*: ascending values [G, W] float32 of which the first `lengths[g]`
+are valid, with prefix sums of w, w*x and w*x^2 ([G, W+1] float64, a leading 0; the weight
+prefix is omitted for unit weights, where it is the index itself). From prefix sums, one Lloyd
+iteration costs O(K log W) per block and a run's squared error is S2 - 2 c S1 + c^2 S0.
 
-Exactness contract shared with the kernels: midpoints and centroid updates in float64,
-values compared as float64 (`x <= mid` finds boundaries, `x > mid` counts codes).
+- `grid_histogram`: fast mode, where every value is first mapped to its slot in a table of
+  the distinct rounded fp16 values (`engine.fast_mode`): per-block slot range and counts.
+- `histogram_rows`: counts -> rows of the occupied slots with prefix sums (compacted).
+- `prefix_sums`: sorted rows (exact mode, or weighted) -> prefix sums.
+- `coarse_dp_start`: the exact k-means of each row coarsened to `bins` runs (the start).
+- `lloyd_1d`: Lloyd to convergence; centroids, inertia and the number of updates.
+- `assign_1d`: nearest-centroid codes by a binary search over float32 midpoints.
+
+Exactness contract shared with the kernels: integer outputs (slots, counts, edges, codes,
+iteration counts) and, given the same prefix sums, centroids are equal bit for bit; prefix
+sums and inertia are reductions whose order differs (normalized error).
 """
 
 from __future__ import annotations
 
 import numpy as np
+
+from coreai_opt_gpu.reference.kmeans_1d_exact import kmeans_1d_dp
+
+FP16_KEYS = 1 << 16
 
 
 def _ordered_keys(x: np.ndarray) -> np.ndarray:
@@ -22,7 +35,8 @@ def _ordered_keys(x: np.ndarray) -> np.ndarray:
 
 
 def round_down_to_float32(x: np.ndarray) -> np.ndarray:
-    """Largest float32 <= x (float64): for float32 v, v <= x iff v <= round_down(x)."""
+    """Largest float32 <= x (float64): for float32 v, v <= x iff v <= round_down(x), and
+    v > x iff v > round_down(x)."""
     down = x.astype(np.float32)
     return np.where(down.astype(np.float64) > x, np.nextafter(down, np.float32(-np.inf)), down)
 
@@ -55,59 +69,231 @@ def batched_searchsorted(rows: np.ndarray, values: np.ndarray, side: str = "left
     return SortedRows(rows).search(values, side)
 
 
-def prefix_sums(values: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """[G, M] -> prefix sums of w and w*x, each [G, M+1] float64 with a leading 0."""
+def fp16_keys(x: np.ndarray) -> np.ndarray:
+    """Order-preserving 16-bit keys of fp16(x) (round to nearest even), as uint16: keys rise
+    with the value; -0.0 is key 0x7FFF and +0.0 is 0x8000."""
+    bits = x.astype(np.float16).view(np.uint16)
+    flip = np.where(bits >= 0x8000, np.uint16(0xFFFF), np.uint16(0x8000))
+    return bits ^ flip
+
+
+def _slots(x: np.ndarray, key_to_slot: np.ndarray) -> np.ndarray:
+    """Slot of every element: one gather through a table indexed by the fp16 bits."""
+    bits = np.arange(FP16_KEYS, dtype=np.uint16)
+    bits_to_slot = key_to_slot[bits ^ np.where(bits >= 0x8000, 0xFFFF, 0x8000).astype(np.uint16)]
+    return bits_to_slot[x.astype(np.float16).view(np.uint16)]
+
+
+def grid_histogram(
+    x: np.ndarray, key_to_slot: np.ndarray, n_slots: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Fast-mode histogram of each block of x [G, N] over value slots.
+
+    key_to_slot [65536] int32 maps each fp16 key to the slot of its rounded value (slots rise
+    with the value, n_slots in all). Returns counts [G, W] int32 (entry j of block g counts
+    slot low[g] + j; valid for j < span[g]; the kernel's W is n_slots, the twin's the widest
+    span), low [G] int32 and span [G] int32 (slots from the block's lowest to its highest).
+    """
+    slots = _slots(x, key_to_slot)  # [G, N] int32
+    low, high = slots.min(1), slots.max(1)
+    span = high - low + 1
+    width = int(span.max())
+    flat = (slots - low[:, None]).astype(np.int64) + np.arange(len(x))[:, None] * width
+    counts = np.bincount(flat.ravel(), minlength=len(x) * width).reshape(len(x), width)
+    return counts.astype(np.int32), low.astype(np.int32), span.astype(np.int32)
+
+
+def _prefix(x: np.ndarray) -> np.ndarray:
+    """[G, M] -> running sums [G, M+1] float64 with a leading 0 (written in place: numpy's
+    cumsum into a fresh array along axis 1 is ten times slower)."""
+    out = np.empty((x.shape[0], x.shape[1] + 1))
+    out[:, 0] = 0.0
+    np.cumsum(x, axis=1, out=out[:, 1:])
+    return out
+
+
+def histogram_rows(
+    counts: np.ndarray, low: np.ndarray, span: np.ndarray, slot_values: np.ndarray, width: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Rows of the occupied slots of each histogram, in ascending order, with prefix sums.
+
+    counts [G, >= max span] int, low/span [G] (from `grid_histogram`), slot_values [S]
+    float32 ascending; `width` >= every block's number of occupied slots. Returns values
+    [G, width] float32, lengths [G] int32 (occupied slots), and prefix sums of the counts,
+    counts * value and counts * value^2, [G, width + 1] float64 each. Entries past a row's
+    length are unspecified, and the twin returns only as many columns as its longest row.
+    """
+    g, cols = counts.shape
+    cnt = np.where(np.arange(cols)[None, :] < span[:, None], counts, 0).astype(np.float64)
+    occupied = cnt > 0
+    lengths = occupied.sum(1)
+    width = int(min(width, lengths.max()))
+    where_g, where_col = np.nonzero(occupied)
+    position = (np.cumsum(occupied, 1) - 1)[where_g, where_col]  # compacted column
+    taken = np.zeros((g, width))
+    taken[where_g, position] = cnt[where_g, where_col]  # zero past each length
+    values = np.full((g, width), -np.inf, np.float32)
+    values[where_g, position] = slot_values[low[where_g] + where_col]
+    values = np.maximum.accumulate(values, axis=1)  # past the length: the last value
+    v = values.astype(np.float64)
+    wx = taken * v
+    prefix = [_prefix(a) for a in (taken, wx, wx * v)]
+    return values, lengths.astype(np.int32), *prefix  # type: ignore[return-value]
+
+
+def prefix_sums(
+    values: np.ndarray, weights: np.ndarray | None
+) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
+    """Sorted rows [G, M] float32 (and weights [G, M] or None: unit weights) -> prefix sums
+    of w (None for unit weights), w*x and w*x^2, each [G, M+1] float64 with a leading 0."""
+    x = values.astype(np.float64)
+    if weights is None:
+        return None, _prefix(x), _prefix(x * x)
     w = weights.astype(np.float64)
-    zero = np.zeros((w.shape[0], 1))
-    wx = w * values.astype(np.float64)
-    return np.concatenate([zero, np.cumsum(w, 1)], 1), np.concatenate([zero, np.cumsum(wx, 1)], 1)
+    wx = w * x
+    return _prefix(w), _prefix(wx), _prefix(wx * x)
 
 
-def midpoints(centroids: np.ndarray) -> np.ndarray:
-    """[G, K] ascending float64 -> decision boundaries [G, K-1]."""
-    return (centroids[:, :-1] + centroids[:, 1:]) * 0.5
+def _prefix_at(prefix_w: np.ndarray | None, index: np.ndarray) -> np.ndarray:
+    """Weight prefix at `index` [G, Q] (the index itself for unit weights)."""
+    if prefix_w is None:
+        return index.astype(np.float64)
+    return np.take_along_axis(prefix_w, index, 1)
+
+
+def coarse_edges(
+    values: np.ndarray, lengths: np.ndarray, prefix_w: np.ndarray | None, bins: int
+) -> np.ndarray:
+    """Bin edges [G, bins + 1] (ascending, from 0 to the row length) of each row.
+
+    A row of at most `bins` entries gets one bin per entry (then empty bins). Longer rows are
+    cut where the mixed score u(j) = (P_w[j+1] / P_w[m]) / 2 + ((v_j - v_0) / (v_m-1 - v_0)) / 2
+    crosses c / bins: every bin holds at most 2 / bins of the weight and of the value range, so
+    the mass and the tails (where outliers want a centroid of their own) both get resolution.
+    Edge c = #{j < m : u(j) <= c / bins}.
+    """
+    g, w = values.shape
+    m = lengths.astype(np.int64)[:, None]  # [G, 1]
+    rows = np.arange(g)[:, None]
+    v = values.astype(np.float64)
+    total = _prefix_at(prefix_w, m)
+    total = np.where(total > 0, total, 1.0)
+    low = v[:, :1]
+    spread = v[rows, np.maximum(m - 1, 0)] - low
+    spread = np.where(spread > 0, spread, 1.0)
+    target = np.arange(bins + 1)[None, :] / bins  # [1, bins + 1]
+    lo = np.zeros((g, bins + 1), np.int64)
+    hi = np.broadcast_to(m, lo.shape).copy()
+    for _ in range(max(1, w.bit_length())):  # the kernel's binary search, all edges at once
+        active = lo < hi
+        mid = (lo + hi) // 2
+        mass = _prefix_at(prefix_w, np.minimum(mid + 1, m)) / total
+        u = 0.5 * mass + 0.5 * ((v[rows, np.minimum(mid, w - 1)] - low) / spread)
+        right = u <= target
+        lo = np.where(active & right, mid + 1, lo)
+        hi = np.where(active & ~right, mid, hi)
+    edges = lo
+    edges[:, 0] = 0
+    edges[:, -1] = m[:, 0]
+    simple = np.minimum(np.arange(bins + 1)[None, :], m)
+    return np.where(m <= bins, simple, edges)
+
+
+def coarse_dp_start(
+    values: np.ndarray,
+    lengths: np.ndarray,
+    prefix_w: np.ndarray | None,
+    prefix_wx: np.ndarray,
+    prefix_wxx: np.ndarray,
+    k: int,
+    bins: int,
+) -> np.ndarray:
+    """Exact k-means of each row coarsened to `bins` runs (`coarse_edges`) -> centroids
+    [G, K] float64 ascending: the optimal split at bin edges under the rows' own squared error
+    (prefix sums at the edges), unused centroids repeating the last one."""
+    edges = coarse_edges(values, lengths, prefix_w, bins)
+    sums = (
+        _prefix_at(prefix_w, edges),
+        np.take_along_axis(prefix_wx, edges, 1),
+        np.take_along_axis(prefix_wxx, edges, 1),
+    )
+    return kmeans_1d_dp(*sums, k)[0]
+
+
+def _padded(values: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """Entries past each row's length become +inf, so searches never count them."""
+    past = np.arange(values.shape[1])[None, :] >= lengths[:, None]
+    return np.where(past, np.float32(np.inf), values.astype(np.float32))
 
 
 def lloyd_1d(
     values: np.ndarray,
-    prefix_w: np.ndarray,
+    lengths: np.ndarray,
+    prefix_w: np.ndarray | None,
     prefix_wx: np.ndarray,
+    prefix_wxx: np.ndarray,
     centroids: np.ndarray,
     max_iter: int,
-) -> np.ndarray:
-    """Lloyd iterations on sorted rows until no centroid moves (or max_iter).
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Lloyd iterations on rows until no centroid moves, at most max_iter updates.
 
-    values [G, M] sorted float32; prefix_w, prefix_wx [G, M+1] float64; centroids [G, K]
-    ascending float64 (the start). Boundaries: b_k = #{x <= (c_k-1 + c_k) / 2}; a cluster
-    without weight keeps its centroid. Returns centroids [G, K] float64.
+    values [G, W] ascending float32 with lengths [G]; prefix sums [G, W+1] float64
+    (prefix_w None: unit weights); centroids [G, K] ascending float64 (the start). Each pass
+    finds the boundaries b_k = #{x <= (c_k-1 + c_k) / 2} of the current centroids, their
+    inertia sum_k max(S2 - 2 c_k S1 + c_k^2 S0, 0), then (unless it is the last pass) the
+    update c_k <- S1 / S0 (kept where S0 = 0). Returns centroids [G, K] float64, inertia [G]
+    float64 of those centroids and the number of updates that moved a block [G] int32.
     """
-    g, m = values.shape
-    rows = SortedRows(values)
-    centroids = centroids.astype(np.float64).copy()
-    edges = np.zeros((g, 1), np.int64), np.full((g, 1), m, np.int64)
-    for _ in range(max_iter):
-        bounds = np.concatenate([edges[0], rows.count_at_most(midpoints(centroids)), edges[1]], 1)
-        ends_w = np.take_along_axis(prefix_w, bounds, 1)
-        ends_wx = np.take_along_axis(prefix_wx, bounds, 1)
-        sw, swx = ends_w[:, 1:] - ends_w[:, :-1], ends_wx[:, 1:] - ends_wx[:, :-1]
-        updated = np.where(sw > 0, swx / np.where(sw > 0, sw, 1.0), centroids)
-        if np.array_equal(updated, centroids):
+    g = values.shape[0]
+    rows = SortedRows(_padded(values, lengths))
+    c = centroids.astype(np.float64).copy()
+    iterations = np.zeros(g, np.int32)
+    ends = np.zeros((g, 1), np.int64), lengths.astype(np.int64)[:, None]
+    inertia = np.zeros(g)
+    for step in range(max_iter + 1):
+        mids = (c[:, :-1] + c[:, 1:]) * 0.5
+        bounds = np.concatenate([ends[0], rows.count_at_most(mids), ends[1]], 1)
+        s0 = np.diff(_prefix_at(prefix_w, bounds), axis=1)
+        s1 = np.diff(np.take_along_axis(prefix_wx, bounds, 1), axis=1)
+        s2 = np.diff(np.take_along_axis(prefix_wxx, bounds, 1), axis=1)
+        inertia = np.maximum(s2 - 2.0 * c * s1 + c * c * s0, 0.0).sum(1)
+        if step == max_iter:
             break
-        centroids = updated
-    return centroids
+        updated = np.where(s0 > 0, s1 / np.where(s0 > 0, s0, 1.0), c)
+        moved = (updated != c).any(1)
+        if not moved.any():
+            break
+        iterations += moved
+        c = updated
+    return c, inertia, iterations
 
 
-def assign_1d(x: np.ndarray, centroids: np.ndarray) -> np.ndarray:
-    """Nearest-centroid codes: x [G, N] float32, centroids [G, K] ascending -> [G, N] uint8.
+def midpoints_float32(centroids: np.ndarray) -> np.ndarray:
+    """[G, K] ascending -> decision boundaries [G, K-1] rounded down to float32: for a
+    float32 x, x > (c_k + c_k+1) / 2 in float64 exactly when x > the rounded boundary."""
+    c = centroids.astype(np.float64)
+    return round_down_to_float32((c[:, :-1] + c[:, 1:]) * 0.5)
 
-    code = #{k : x > (c_k + c_k+1) / 2}, compared in float64 (ties go to the lower code).
+
+def assign_1d(
+    x: np.ndarray,
+    centroids: np.ndarray,
+    key_to_slot: np.ndarray | None = None,
+    slot_values: np.ndarray | None = None,
+) -> np.ndarray:
+    """Nearest-centroid codes: x [G, N] float, centroids [G, K] ascending -> [G, N] uint8.
+
+    code = #{k : v > (c_k + c_k+1) / 2} (ties go to the lower code), with v = x, or in fast
+    mode (tables given) v = slot_values[key_to_slot[fp16 key of x]], the clustered value.
     """
-    mids = midpoints(centroids.astype(np.float64))  # [G, K-1]
-    if mids.shape[1] <= 16:
-        x64 = x.astype(np.float64)
-        codes = np.zeros(x.shape, np.uint8)
-        for k in range(mids.shape[1]):
-            codes += x64 > mids[:, k : k + 1]
-        return codes
-    # x > mid iff x > round_down_f32(mid) for float32 x: one flat search of sorted midpoints
-    return SortedRows(round_down_to_float32(mids)).search(x, "left").astype(np.uint8)
+    mids = midpoints_float32(centroids)  # [G, K-1]
+    if x.size == 0:
+        return np.zeros(x.shape, np.uint8)
+    if key_to_slot is not None:
+        slots = _slots(x, key_to_slot)
+        low = slots.min(1, keepdims=True)
+        span = int((slots.max(1, keepdims=True) - low).max()) + 1
+        grid = np.minimum(low + np.arange(span)[None, :], len(slot_values) - 1)
+        table = SortedRows(mids).search(slot_values[grid], "left").astype(np.uint8)
+        return np.take_along_axis(table, (slots - low).astype(np.intp), 1)
+    return SortedRows(mids).search(x.astype(np.float32), "left").astype(np.uint8)

@@ -16,14 +16,21 @@ import numpy as np
 
 
 class _PrefixSums:
-    """Prefix sums of w, w*x, w*x^2 over sorted rows [G, B] -> [G, B+1] each (float64)."""
+    """Prefix sums of w, w*x, w*x^2 over sorted rows: [G, B+1] each (float64, leading 0)."""
 
-    def __init__(self, values: np.ndarray, weights: np.ndarray) -> None:
+    def __init__(self, w: np.ndarray, wx: np.ndarray, wxx: np.ndarray) -> None:
+        self.w, self.wx, self.wxx = (a.astype(np.float64) for a in (w, wx, wxx))
+
+    @classmethod
+    def of(cls, values: np.ndarray, weights: np.ndarray) -> _PrefixSums:
+        """From sorted rows [G, B] and their weights."""
         x, w = values.astype(np.float64), weights.astype(np.float64)
         zero = np.zeros((x.shape[0], 1))
-        self.w = np.concatenate([zero, np.cumsum(w, 1)], 1)
-        self.wx = np.concatenate([zero, np.cumsum(w * x, 1)], 1)
-        self.wxx = np.concatenate([zero, np.cumsum(w * x * x, 1)], 1)
+        return cls(
+            np.concatenate([zero, np.cumsum(w, 1)], 1),
+            np.concatenate([zero, np.cumsum(w * x, 1)], 1),
+            np.concatenate([zero, np.cumsum(w * x * x, 1)], 1),
+        )
 
     def cost(self, g: np.ndarray, j: np.ndarray, i: np.ndarray) -> np.ndarray:
         """Weighted squared error of run [j, i) of block g around its mean (0 when empty)."""
@@ -95,8 +102,20 @@ def kmeans_1d_exact(
     Returns centroids [G, K] float64 ascending (padded with the last centroid when a block
     has fewer distinct values than K) and the optimal weighted squared error [G].
     """
-    g_count, b = values.shape
-    sums = _PrefixSums(values, weights)
+    return _solve(_PrefixSums.of(values, weights), k)
+
+
+def kmeans_1d_dp(
+    prefix_w: np.ndarray, prefix_wx: np.ndarray, prefix_wxx: np.ndarray, k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The same optimum over B runs given by their prefix sums of w, w*x, w*x^2 ([G, B+1]
+    float64, leading 0): the split of the runs into K contiguous groups with the least
+    squared error. Twin of the Triton DP inside `coarse_dp_start`."""
+    return _solve(_PrefixSums(prefix_w, prefix_wx, prefix_wxx), k)
+
+
+def _solve(sums: _PrefixSums, k: int) -> tuple[np.ndarray, np.ndarray]:
+    g_count, b = sums.w.shape[0], sums.w.shape[1] - 1
     rows = np.arange(g_count)[:, None]
     layer = sums.cost(rows, np.zeros((1, 1), np.int64), np.arange(b + 1)[None, :])
     argmins = []
