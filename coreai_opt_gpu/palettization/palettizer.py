@@ -33,6 +33,16 @@ from coreai_opt_gpu.palettization.sensitivity import (
 from coreai_opt_gpu.palettization.targets import WeightTarget, find_targets
 
 PREPARED_MARK = "_coreai_opt_gpu_prepared"
+SUPPORTED_MODULES: tuple[type[nn.Module], ...] = (
+    nn.Linear,
+    nn.Conv1d,
+    nn.Conv2d,
+    nn.Conv3d,
+    nn.ConvTranspose1d,
+    nn.ConvTranspose2d,
+    nn.ConvTranspose3d,
+    nn.MultiheadAttention,
+)
 logger = logging.getLogger(__name__)
 
 
@@ -64,6 +74,12 @@ class KMeansPalettizer:
         self._sensitivities: dict[str, torch.Tensor] | None = None
         self._lifecycle = Lifecycle.IDLE
         self._step_count = 0
+
+    @classmethod
+    def supported_modules(cls) -> tuple[type[nn.Module], ...]:
+        """Module types whose ops are palettizable (what `prepare` infers without example
+        inputs); any module's tensors are reachable through `module_state_spec`."""
+        return SUPPORTED_MODULES
 
     @classmethod
     def get_op_type_resolver(cls) -> Callable[[Callable], str | None]:

@@ -297,6 +297,12 @@ class RunningRangeMixin:
         self.running_min, self.running_max = min_val.detach(), max_val.detach()
         return min_val, max_val
 
+    def compute_qparams(
+        self, tensor: torch.Tensor, min_val: torch.Tensor, max_val: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """Parameters for the given range (already folded into the running range)."""
+        return super().compute_qparams(tensor, min_val, max_val)  # type: ignore[misc]
+
     @abstractmethod
     def update_running_range(self, min_val: torch.Tensor, max_val: torch.Tensor) -> Range:
         """The running range after a new observation."""
