@@ -34,6 +34,12 @@ def _steps(width: int) -> int:
     return max(1, int(width).bit_length())
 
 
+def _search_steps(lengths: torch.Tensor) -> int:
+    """Steps of a binary search that touch memory: about log2 of the longest row (the
+    kernels run more, masked, because the row lengths are not read back)."""
+    return _steps(int(lengths.max()))
+
+
 def _sum_of(t: torch.Tensor) -> int:
     return int(t.to(torch.int64).sum())
 
@@ -144,21 +150,30 @@ def coarse_dp_start(
 ) -> torch.Tensor:
     """Exact k-means of each row coarsened to `bins` runs -> start centroids [G, K] f64
     (see `reference.coarse_dp_start`)."""
-    g, w = values.shape
+    g = values.shape[0]
     backend = choose_backend(values)
     edges = bins + 1
     levels = max(1, bins.bit_length())
-    read = g * (edges * _steps(w) * (4 + F64) + 3 * F64 * edges)
     scratch = g * (5 * F64 * edges + 2 * max(k - 1, 1) * edges)
-    steps = _steps(w) + (k - 1) * (levels + math.ceil(bins / 32)) + k
-    specs = [KernelSpec("coarse_dp_start", (g,), read, scratch + F64 * g * k, steps)]
-    with ledger.kernels(backend.value, specs, [("dp_scratch", scratch), ("start", F64 * g * k)]):
+    dp_steps = (k - 1) * (levels + math.ceil(bins / 32)) + k
+    specs = [KernelSpec("coarse_dp_start", (g,), 3 * F64 * edges * g, scratch + F64 * g * k)]
+    with ledger.kernels(
+        backend.value, specs, [("dp_scratch", scratch), ("start", F64 * g * k)]
+    ) as events:
         if backend == Backend.TRITON:
             from coreai_opt_gpu.kernels.kmeans_1d import coarse_dp_start as kernel
 
-            return kernel(values, lengths, prefix_w, prefix_wx, prefix_wxx, k, bins)
-        arrays = (_numpy(t) for t in (values, lengths, prefix_w, prefix_wx, prefix_wxx))
-        return _tensor(reference.coarse_dp_start(*arrays, k, bins), values.device)
+            start = kernel(values, lengths, prefix_w, prefix_wx, prefix_wxx, k, bins)
+        else:
+            arrays = (_numpy(t) for t in (values, lengths, prefix_w, prefix_wx, prefix_wxx))
+            start = _tensor(reference.coarse_dp_start(*arrays, k, bins), values.device)
+    if events:  # a binary search per edge over the row (a value and a weight prefix per step)
+        events[0].resolve = lambda: (
+            g * edges * _search_steps(lengths) * (4 + F64),
+            0,
+            _search_steps(lengths) + dp_steps,
+        )
+    return start
 
 
 def lloyd_1d(
@@ -172,10 +187,9 @@ def lloyd_1d(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Lloyd to convergence on rows -> centroids [G, K] f64, inertia [G] f64, updates [G]
     int32 (see `reference.lloyd_1d`)."""
-    g, w = values.shape
+    g = values.shape[0]
     k = centroids.shape[1]
     backend = choose_backend(values)
-    per_pass = 2 * k * (_steps(w) * 4 + 3 * F64)  # two searches and six prefix loads per lane
     specs = [KernelSpec("lloyd_1d", (g,), F64 * g * k, F64 * g * k + 12 * g)]
     allocations = [("centroids", F64 * g * k), ("inertia", 12 * g)]
     with ledger.kernels(backend.value, specs, allocations) as events:
@@ -188,11 +202,11 @@ def lloyd_1d(
             out = reference.lloyd_1d(*arrays, _numpy(centroids.double()), max_iter)
             result = tuple(_tensor(a, values.device) for a in out)
     iterations = result[2]
-    if events:  # passes = updates + 1 per block
+    if events:  # per pass and lane: two searches and six prefix loads; passes = updates + 1
         events[0].resolve = lambda: (
-            per_pass * (_sum_of(iterations) + g),
+            2 * k * (_search_steps(lengths) * 4 + 3 * F64) * (_sum_of(iterations) + g),
             0,
-            (int(iterations.max()) + 1) * (2 * _steps(w) + 4),
+            (int(iterations.max()) + 1) * (2 * _search_steps(lengths) + 4),
         )
     return result  # type: ignore[return-value]
 

@@ -10,6 +10,7 @@ import torch
 from tqdm.auto import tqdm
 
 from coreai_opt_gpu.engine import cluster_blocks
+from coreai_opt_gpu.engine.fast_mode import FP16_MAX
 from coreai_opt_gpu.engine.lut_quant import QuantizedLut, quantize_lut
 from coreai_opt_gpu.ops import lut_dequant
 from coreai_opt_gpu.palettization.layout import PaletteLayout
@@ -94,25 +95,82 @@ def palettize_targets(
     `compute_device`) in chunks of at most `memory_budget` bytes of fp32 blocks; results come
     back to each weight's device. Scalar results do not depend on the chunking.
     """
+    if isinstance(memory_budget, bool) or not isinstance(memory_budget, int) or memory_budget < 1:
+        raise ValueError(f"memory_budget must be a positive number of bytes, got {memory_budget!r}")
     sensitivities = sensitivities or {}
+    beyond_fp16 = check_weights(targets, sensitivities)
     batches: dict[tuple, list[WeightTarget]] = defaultdict(list)
     for t in targets:
-        if not bool(torch.isfinite(t.tensor).all()):
-            raise ValueError(
-                f"{t.qualified_name}: weight of shape {list(t.tensor.shape)} "
-                f"contains NaN or inf; palettization needs finite weights"
-            )
-        key = (t.layout.block_vectors, t.layout.cluster_dim, t.spec.n_bits, t.rounding_precision)
+        key = (
+            t.layout.block_vectors,
+            t.layout.cluster_dim,
+            t.spec.n_bits,
+            t.rounding_precision,
+            t.qualified_name in beyond_fp16,
+        )
         batches[key].append(t)
     engine_device = torch.device(device) if device is not None else compute_device(targets)
     results = {}
     bar = tqdm(total=len(targets), desc="Palettizing layers", unit="weight", disable=not progress)
-    for (_, _, n_bits, precision), batch in batches.items():
+    for (_, _, n_bits, precision, split), batch in batches.items():
         for chunk in chunks_within(batch, memory_budget):
-            results.update(_palettize_chunk(chunk, n_bits, precision, sensitivities, engine_device))
+            results.update(
+                _palettize_chunk(
+                    chunk, n_bits, precision, sensitivities, engine_device, memory_budget, split
+                )
+            )
             bar.update(len(chunk))
     bar.close()
     return results
+
+
+def check_weights(targets: list[WeightTarget], sensitivities: dict[str, torch.Tensor]) -> set:
+    """Raise ValueError naming the weight when a weight is not finite or its sensitivities are
+    not finite and non-negative; return the names of fast-mode weights with values beyond the
+    fp16 range (upstream clusters those blocks on their exact values, which the engine does
+    after finding them). One host sync per device for all weights together."""
+    checks: dict[torch.device, list[tuple[str, str, torch.Tensor]]] = defaultdict(list)
+    for t in targets:
+        weight = t.tensor.detach()
+        largest = torch.linalg.vector_norm(weight, float("inf"))  # NaN if any; one read pass
+        checks[weight.device].append((t.qualified_name, "weight", largest))
+        sensitivity = sensitivities.get(t.qualified_name)
+        if sensitivity is not None:
+            if sensitivity.shape != weight.shape:
+                raise ValueError(
+                    f"{t.qualified_name}: sensitivities of shape {list(sensitivity.shape)} do "
+                    f"not match the weight {list(weight.shape)}"
+                )
+            sensitivity = sensitivity.detach()
+            checks[sensitivity.device].append((t.qualified_name, "sensitivity", sensitivity.amin()))
+            checks[sensitivity.device].append(
+                (
+                    t.qualified_name,
+                    "sensitivity_max",
+                    torch.linalg.vector_norm(sensitivity, float("inf")),
+                )
+            )
+    beyond = set()
+    for entries in checks.values():
+        values = torch.stack([value.float() for _, _, value in entries]).tolist()  # one sync
+        for (name, what, _), value in zip(entries, values, strict=True):
+            if what == "weight" and not math.isfinite(value):
+                raise ValueError(
+                    f"{name}: weight contains NaN or inf; palettization needs finite weights"
+                )
+            if what == "sensitivity" and not value >= 0:
+                raise ValueError(f"{name}: sensitivities must be non-negative (min {value})")
+            if what == "sensitivity_max" and not math.isfinite(value):
+                raise ValueError(f"{name}: sensitivities contain NaN or inf")
+            if what == "weight" and value > FP16_MAX:
+                beyond.add(name)
+    spec_of = {t.qualified_name: t for t in targets}
+    return {
+        name
+        for name in beyond
+        if spec_of[name].rounding_precision is not None
+        and not spec_of[name].spec.enable_per_channel_scale  # scaled blocks are within [-1, 1]
+    }
 
 
 def _palettize_chunk(
@@ -121,8 +179,12 @@ def _palettize_chunk(
     precision: int | None,
     sensitivities: dict[str, torch.Tensor],
     device: torch.device,
+    memory_budget: int,
+    beyond_fp16: bool,
 ) -> dict[str, PalettizedWeight]:
-    """One engine call for a chunk of same-shaped-block weights, on `device`."""
+    """One engine call for a chunk of same-shaped-block weights, on `device`; the weights
+    are checked already (`check_weights`), so the engine reads nothing back unless some block
+    is beyond the fp16 range in fast mode."""
     scales = [
         per_channel_scale(t.tensor) if t.spec.enable_per_channel_scale else None for t in chunk
     ]
@@ -138,6 +200,8 @@ def _palettize_chunk(
         n_bits,
         None if weights is None else weights.to(device),
         rounding_precision=precision,
+        memory_budget=memory_budget,
+        validate=beyond_fp16,
     )
     results, start = {}, 0
     for t, scale in zip(chunk, scales, strict=True):
