@@ -74,7 +74,9 @@ from coreai_opt_gpu.distributed import RankGroup, palettize_local, share_by_size
 from coreai_opt_gpu.palettization.config import KMeansPalettizerConfig
 from coreai_opt_gpu.palettization.finalize import PackedPalettize
 from coreai_opt_gpu.palettization.palettize import DEFAULT_MEMORY_BUDGET, PalettizedWeight
+from coreai_opt_gpu.palettization.palettizer import keep_padding_row_zero
 from coreai_opt_gpu.palettization.parametrization import FakePalettize
+from coreai_opt_gpu.palettization.targets import WeightTarget
 
 FAULT_ENV = "COREAI_OPT_GPU_FAULT"
 # other weight formats and this tool's own outputs are not copied from the input directory
@@ -188,7 +190,9 @@ def palettize_checkpoint(options: JobOptions, group: Any = None) -> dict[str, An
                 if ranks.world_size > 1:
                     bar.update(sum(b.info.numel for b in targets))
                 for shard in shards:
-                    records[shard.name] = _write_shard(holder["rundir"], shard, outputs)
+                    records[shard.name] = _write_shard(
+                        holder["rundir"], shard, plan.by_shard[shard.name], outputs
+                    )
                     bar.set_postfix_str(f"wrote {shard.name}", refresh=True)
         bar.close()
         timings["palettized"] = time.perf_counter()
@@ -291,16 +295,17 @@ def _cluster_share(
         sensitivities = None
         if options.sensitivities is not None:
             sensitivities = _load_named(options.sensitivities, [b.name for b in unit], True)
-        targets = [runtime_target(b, tensors[b.name]) for b in unit]
+        targets = {b.name: runtime_target(b, tensors[b.name]) for b in unit}
         results = palettize_local(
-            targets,
+            list(targets.values()),
             sensitivities,
             seed=options.seed,
             device=device,
             memory_budget=options.memory_budget,
         )
         for bound in unit:
-            outputs[bound.name] = finalize_weight(bound, tensors[bound.name], results[bound.name])
+            outputs[bound.name] = finalize_weight(targets[bound.name], results[bound.name])
+            outputs[bound.name].stats["shard"] = bound.info.shard
         del tensors, targets, results
         if on_unit is not None:
             on_unit(sum(b.info.numel for b in unit))
@@ -322,14 +327,15 @@ def _units(targets: list[BoundTarget], budget: int) -> list[list[BoundTarget]]:
 
 
 def _load(unit: list[BoundTarget]) -> dict[str, torch.Tensor]:
-    """The unit's tensors, read from their memory-mapped shards."""
-    tensors: dict[str, torch.Tensor] = {}
-    by_path: dict[Path, list[str]] = {}
+    """The unit's tensors by weight name, read from their memory-mapped shards (a tied
+    weight's stored tensor once)."""
+    stored: dict[str, torch.Tensor] = {}
+    by_path: dict[Path, set[str]] = {}
     for bound in unit:
-        by_path.setdefault(bound.info.path, []).append(bound.name)
+        by_path.setdefault(bound.info.path, set()).add(bound.info.name)
     for path, names in by_path.items():
-        tensors.update(_load_named(path, names))
-    return tensors
+        stored.update(_load_named(path, sorted(names)))
+    return {bound.name: stored[bound.info.name] for bound in unit}
 
 
 def _load_named(
@@ -345,13 +351,13 @@ def _load_named(
         raise CheckpointError(f"{path}: reading {names[:3]} failed: {err}") from None
 
 
-def finalize_weight(
-    bound: BoundTarget, tensor: torch.Tensor, palettized: PalettizedWeight
-) -> WeightOutput:
-    """The finalized state_dict entries of one weight (as `finalize_torch` makes them) and
-    its bits, relative MSE and SQNR (of the decoded weight in the stored dtype)."""
-    packed = PackedPalettize(FakePalettize(palettized), tensor.dtype)
-    target = bound.target
+def finalize_weight(target: WeightTarget, palettized: PalettizedWeight) -> WeightOutput:
+    """The finalized state_dict entries of one weight (as `prepare` installs it and
+    `finalize_torch` packs it) and its bits, relative MSE and SQNR (of the decoded weight in
+    the stored dtype)."""
+    tensor = target.tensor
+    installed = keep_padding_row_zero(target, palettized)  # as prepare does
+    packed = PackedPalettize(FakePalettize(installed), tensor.dtype)
     prefix = ".".join(p for p in (target.module_name, "parametrizations", target.state_name) if p)
     entries = [(f"{prefix}.original", torch.empty(0, dtype=tensor.dtype))]
     entries += [(f"{prefix}.0.{k}", v.detach().cpu()) for k, v in packed.state_dict().items()]
@@ -359,7 +365,6 @@ def finalize_weight(
     relative_mse = _relative_mse(decoded, tensor)
     spec = palettized.spec
     stats = {
-        "shard": bound.info.shard,
         "shape": list(tensor.shape),
         "dtype": str(tensor.dtype).removeprefix("torch."),
         "n_bits": spec.n_bits,
@@ -387,19 +392,27 @@ def _relative_mse(decoded: torch.Tensor, dense: torch.Tensor) -> float:
 
 
 def _write_shard(
-    rundir: RunDirectory, shard: Shard, outputs: dict[str, WeightOutput]
+    rundir: RunDirectory,
+    shard: Shard,
+    bound: list[BoundTarget],
+    outputs: dict[str, WeightOutput],
 ) -> dict[str, Any]:
-    """Write one finalized shard (atomically) and its done-record; returns the record."""
+    """Write one finalized shard (atomically) and its done-record; returns the record. A
+    stored tensor palettized under its own name is replaced by its entries; the entries of
+    weights tied to it follow it (it stays, unless palettized itself)."""
+    by_storage: dict[str, list[BoundTarget]] = {}
+    for b in bound:
+        by_storage.setdefault(b.info.name, []).append(b)
     entries: list[Entry] = []
     weights = {}
     for info in shard.tensors:
-        out = outputs.get(info.name)
-        if out is None:
+        group = by_storage.get(info.name, [])
+        if all(b.name != info.name for b in group):
             data = FileRange(shard.path, info.begin, info.end)
             entries.append(Entry(info.name, info.dtype, info.shape, data))
-        else:
-            entries.extend(tensor_entry(key, value) for key, value in out.entries)
-            weights[info.name] = out.stats
+        for b in group:
+            entries.extend(tensor_entry(key, value) for key, value in outputs[b.name].entries)
+            weights[b.name] = outputs[b.name].stats
     metadata = {"format": "pt", "coreai_opt_gpu": __version__, "source_shard": shard.name}
     path = rundir.path / shard.name
     write_safetensors(path, entries, metadata, on_progress=_partial_fault())

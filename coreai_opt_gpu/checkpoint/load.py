@@ -58,14 +58,6 @@ def load_palettized(directory: str | Path, model: nn.Module) -> nn.Module:
     config = KMeansPalettizerConfig.from_yaml(config_path)
     state = read_state_dict(directory)
     targets = find_targets(model, config)
-    owners: dict[int, str] = {}
-    for target in targets:
-        first = owners.setdefault(id(target.tensor), target.qualified_name)
-        if first != target.qualified_name:
-            raise CheckpointError(
-                f"{target.qualified_name} is tied to {first}: loading tied palettized weights "
-                "is not supported yet (the checkpoint stores them once)"
-            )
     installed = 0
     for target in targets:
         prefix = ".".join(
@@ -78,7 +70,7 @@ def load_palettized(directory: str | Path, model: nn.Module) -> nn.Module:
             )
         original = state[f"{prefix}.original"]
         palettized = _palettized_weight(target, state, prefix)
-        shape = tuple(target.tensor.shape)
+        shape = tuple(target.tensor.shape)  # tied weights: each gets its own, as in prepare
         placeholder = torch.empty(shape, dtype=original.dtype, device="meta")
         if parametrize.is_parametrized(target.module, target.state_name):
             raise CheckpointError(f"{target.qualified_name} is already parametrized")

@@ -13,6 +13,8 @@ one (loaded shard by shard) without touching the skeleton.
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -121,7 +123,8 @@ class BoundTarget:
 
 @dataclass(frozen=True)
 class Binding:
-    """Weights to palettize in storage order, tied aliases (name -> stored name) and config
+    """Weights to palettize in storage order, tied weights stored under another name (name ->
+    stored name; each is palettized under its own name, like `prepare` does) and config
     entries that match no module of the skeleton."""
 
     targets: tuple[BoundTarget, ...]
@@ -143,32 +146,36 @@ def bind_targets(
     for warning in caught:  # incompatible weights stay dense: say so, naming them
         warnings.warn(str(warning.message), stacklevel=2)
     stored = source.tensor_map()
-    by_tensor: dict[int, list[WeightTarget]] = {}
-    for target in found:
-        by_tensor.setdefault(id(target.tensor), []).append(target)
+    names_of: dict[int, list[str]] = {}  # a tensor's names in the skeleton (ties: several)
+    for name, tensor in (
+        *skeleton.named_parameters(remove_duplicate=False),
+        *skeleton.named_buffers(remove_duplicate=False),
+    ):
+        names_of.setdefault(id(tensor), []).append(name)
     bound, tied, missing = [], {}, []
-    for group in by_tensor.values():
-        present = [t for t in group if t.qualified_name in stored]
-        if not present:
-            missing.extend(t.qualified_name for t in group)
-            continue
-        for target in group:
-            if target.qualified_name not in stored:
-                tied[target.qualified_name] = present[0].qualified_name
-        for target in present:
-            info = stored[target.qualified_name]
-            expected = tuple(target.tensor.shape)
-            if info.shape != expected:
-                raise CheckpointError(
-                    f"{info.shard}: tensor {target.qualified_name!r} has shape "
-                    f"{list(info.shape)} but the {skeleton_kind} model expects {list(expected)}"
-                )
-            if not info.is_floating:
-                raise CheckpointError(
-                    f"{info.shard}: tensor {target.qualified_name!r} is stored as {info.dtype}; "
-                    "palettization needs a floating-point weight"
-                )
-            bound.append(BoundTarget(target, info))
+    for target in found:
+        name = target.qualified_name
+        if name in stored:
+            info = stored[name]
+        else:  # a tied weight is stored once, under one of its names
+            aliases = [n for n in names_of.get(id(target.tensor), []) if n in stored]
+            if not aliases:
+                missing.append(name)
+                continue
+            info = stored[aliases[0]]
+            tied[name] = aliases[0]
+        expected = tuple(target.tensor.shape)
+        if info.shape != expected:
+            raise CheckpointError(
+                f"{info.shard}: tensor {info.name!r} has shape {list(info.shape)} but the "
+                f"{skeleton_kind} model expects {list(expected)} for {name}"
+            )
+        if not info.is_floating:
+            raise CheckpointError(
+                f"{info.shard}: tensor {info.name!r} is stored as {info.dtype}; "
+                "palettization needs a floating-point weight"
+            )
+        bound.append(BoundTarget(target, info))
     if missing:
         raise CheckpointError(
             f"the {skeleton_kind} model has weights the config palettizes that no shard holds: "
@@ -182,20 +189,21 @@ def bind_targets(
             f"{list(stored)[:3]}; {skeleton_kind} model module types: {types[:8]})"
         )
     order = {name: i for i, name in enumerate(stored)}
-    bound.sort(key=lambda b: order[b.name])
+    bound.sort(key=lambda b: order[b.info.name])  # stable: a tie's names in module order
     return Binding(tuple(bound), tied, unmatched)
 
 
-class _TensorHolder(nn.Module):
-    """Holds one real tensor under the state name a WeightTarget reads."""
-
-    def __init__(self, state: str, tensor: torch.Tensor) -> None:
-        super().__init__()
-        self.register_buffer(state, tensor)
-
-
 def runtime_target(bound: BoundTarget, tensor: torch.Tensor) -> WeightTarget:
-    """The bound weight's target with `tensor` (loaded from its shard) as its weight."""
+    """The bound weight's target with `tensor` (loaded from its shard) as its weight, on a
+    detached shallow copy of its skeleton module (same class and attributes, e.g. an
+    embedding's padding_idx; no children), so the skeleton is never modified."""
     t = bound.target
-    holder = _TensorHolder(t.state_name, tensor)
-    return WeightTarget(t.module_name, holder, t.state_name, t.spec, t.layout, t.rounding_precision)
+    module = copy.copy(t.module)
+    module._parameters = dict(module._parameters)
+    module._buffers = dict(module._buffers)
+    module._modules = {}
+    if t.state_name in module._parameters:
+        module._parameters[t.state_name] = nn.Parameter(tensor, requires_grad=False)
+    else:
+        module._buffers[t.state_name] = tensor
+    return dataclasses.replace(t, module=module)

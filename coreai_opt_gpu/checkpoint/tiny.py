@@ -21,8 +21,10 @@ def save_tiny_llama(
     max_shard_size: str | int = "100KB",
     seed: int = 0,
     tie_word_embeddings: bool = False,
+    pad_token_id: int | None = None,
 ) -> Path:
-    """Save a random LlamaForCausalLM (config.json + sharded safetensors) to `directory`."""
+    """Save a random LlamaForCausalLM (config.json + sharded safetensors) to `directory`;
+    with `pad_token_id` its embedding has that padding row (zero)."""
     import transformers
 
     config = transformers.LlamaConfig(
@@ -34,6 +36,7 @@ def save_tiny_llama(
         num_key_value_heads=kv_heads,
         max_position_embeddings=64,
         tie_word_embeddings=tie_word_embeddings,
+        pad_token_id=pad_token_id,
     )
     torch.manual_seed(seed)
     model = transformers.LlamaForCausalLM(config).to(dtype).eval()
