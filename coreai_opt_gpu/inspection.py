@@ -8,12 +8,14 @@
   Graph mode (torch.export) is not built: `execution_mode="graph"` raises.
 - `bits_per_weight(model)`: average storage bits per weight of a model, palettized weights
   at their compressed cost (indices, LUT, per-channel scale, LUT quantization parameters),
-  fake-quantized weights at theirs, every other parameter and buffer at its dtype's size.
+  fake-quantized weights at theirs, weights finalized for `ExportBackend.Torch` at the bits
+  of what they store, every other parameter and buffer at its dtype's size.
 """
 
 from __future__ import annotations
 
 import linecache
+import math
 import re
 import sys
 import warnings
@@ -468,6 +470,7 @@ def bits_per_weight(model: nn.Module) -> BitsPerWeightResult:
         raise NotImplementedError(
             f"Graph mode prepared models are not supported, got {type(model).__name__}"
         )
+    from coreai_opt_gpu.palettization.finalize import PackedPalettize
     from coreai_opt_gpu.quantization.fake_quantize import FakeQuantize
 
     module_bits: dict[str, int] = defaultdict(int)
@@ -482,17 +485,22 @@ def bits_per_weight(model: nn.Module) -> BitsPerWeightResult:
                 seen.add(id(original))
                 palettized = next((p for p in chain if isinstance(p, FakePalettize)), None)
                 quantized = next((p for p in chain if isinstance(p, FakeQuantize)), None)
+                packed = next((p for p in chain if isinstance(p, PackedPalettize)), None)
+                weights = original.numel()
                 if palettized is not None:
                     bits = _palettized_bits(original, palettized)
                 elif quantized is not None:
                     bits = _quantized_bits(original, quantized)
+                elif packed is not None:  # finalized: what is stored
+                    bits = sum(_dense_bits(b) for b in packed.buffers())
+                    weights = math.prod(packed.layout.shape)
                 else:
                     raise NotImplementedError(
                         f"bits_per_weight cannot size the parametrization on "
                         f"'{name}.{state}': {[type(p).__name__ for p in chain]}"
                     )
                 module_bits[name] += bits
-                module_weights[name] += original.numel()
+                module_weights[name] += weights
         buffers = [b for n, b in module.named_buffers(recurse=False) if n not in PREPARED_MARKS]
         for tensor in (*module.parameters(recurse=False), *buffers):
             if id(tensor) in seen:

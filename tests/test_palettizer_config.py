@@ -2,9 +2,12 @@
 
 import io
 import textwrap
+import warnings
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pydantic import ValidationError
 from torch import nn
 
@@ -334,3 +337,17 @@ def test_setters_validate():
     module = config.module_type_configs["torch.nn.modules.sparse.Embedding"]
     assert module.module_state_spec["weight"].n_bits == 2
     assert config.set_module_name(module_name="emb", config=None) is config  # coreai_opt names
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.integers(0, 2**32 - 1))
+def test_random_configs_round_trip_through_dicts_and_yaml(seed):
+    """Property: any config of the differential test's generator survives to_dict/from_dict
+    and to_yaml/from_yaml unchanged, and what it writes is YAML-safe."""
+    from tests.test_parity_resolution import random_config
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        config = KMeansPalettizerConfig.from_dict(random_config(seed))
+    assert KMeansPalettizerConfig.from_dict(config.to_dict()) == config
+    assert KMeansPalettizerConfig.from_yaml(io.StringIO(config.to_yaml())) == config

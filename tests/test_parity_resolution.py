@@ -16,6 +16,7 @@ compares which weights end up palettized, so shape-compatibility decisions are c
 from __future__ import annotations
 
 import copy
+import importlib.util
 import random
 import re
 import warnings
@@ -31,8 +32,9 @@ from coreai_opt_gpu.config.trace import trace_ops
 from coreai_opt_gpu.palettization import KMeansPalettizer, KMeansPalettizerConfig
 from coreai_opt_gpu.palettization.targets import resolve_weights
 
-reference = pytest.importorskip(
-    "coreai_opt", reason="the reference coreai_opt 0.3.0 is not installed"
+requires_reference = pytest.mark.skipif(
+    importlib.util.find_spec("coreai_opt") is None,
+    reason="the reference coreai_opt 0.3.0 is not installed (pip install '.[bench]')",
 )
 
 NUM_CONFIGS = 300
@@ -327,6 +329,7 @@ def as_reference_would_read_ours(config_dict: dict[str, Any]) -> tuple[dict[str,
     return {"kmeans_palettization_config": body}, sorted(set(applied))
 
 
+@requires_reference
 def test_random_configs_resolve_identically():
     identical, deviations, differences = 0, {}, []
     for seed in range(NUM_CONFIGS):
@@ -349,6 +352,7 @@ def test_random_configs_resolve_identically():
     print(summary)
 
 
+@requires_reference
 def test_random_configs_palettize_the_same_weights():
     """Full prepare in both packages (clustering included): the same weights end up
     palettized (shape compatibility decided alike), with the same bits. coreai_opt 0.3.0

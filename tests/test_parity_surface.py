@@ -30,6 +30,7 @@ MODULES = (
     ".palettization.config",
     ".palettization.kmeans",
     ".config",
+    ".config.spec",
     ".quantization.spec",
     ".inspection",
 )
