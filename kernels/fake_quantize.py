@@ -18,10 +18,14 @@ class FakeQuantizeLaunch:
     num_warps: int
 
 
+FAKE_QUANTIZE_LAUNCH = FakeQuantizeLaunch(1024, num_warps=4)
+
+
 def fake_quantize_launch(n: int) -> FakeQuantizeLaunch:
-    """Pure heuristic: 1024 elements per program (fewer for tiny tensors)."""
-    block = min(triton.next_power_of_2(max(n, 1)), 1024)
-    return FakeQuantizeLaunch(block, num_warps=4 if block >= 512 else 1)
+    """Pure heuristic: 1024 elements per program (tiny tensors are masked; one compiled
+    kernel per dtype and format)."""
+    del n
+    return FAKE_QUANTIZE_LAUNCH
 
 
 @triton.jit
@@ -56,7 +60,7 @@ def _fake_quantize_kernel(
     x = tl.load(x_ptr + offset, mask=mask, other=0.0).to(tl.float32)
     s = tl.load(scale_ptr + channel, mask=mask, other=1.0).to(tl.float32)
     z = tl.load(zero_point_ptr + channel, mask=mask, other=0.0).to(tl.float32)
-    v = x / s
+    v = tl.math.div_rn(x, s)  # IEEE division, as the twin (Triton's `/` is approximate)
     if FLOAT8 == 0:
         q = tl.minimum(tl.maximum(_round_half_even(v) + z, quant_min), quant_max)
         y = (q - z) * s
@@ -67,7 +71,7 @@ def _fake_quantize_kernel(
             mantissa_bits, min_exponent, largest = 2, -14, 57344.0
         exponent = ((v.to(tl.int32, bitcast=True) >> 23) & 0xFF) - 127
         step = tl.exp2((tl.maximum(exponent, min_exponent) - mantissa_bits).to(tl.float32))
-        q = _round_half_even(v / step) * step
+        q = _round_half_even(tl.math.div_rn(v, step)) * step
         y = tl.minimum(tl.maximum(q, -largest), largest) * s
     tl.store(out_ptr + offset, y.to(out_ptr.dtype.element_ty), mask=mask)
 
@@ -99,3 +103,22 @@ def fake_quantize(
         FLOAT8=FLOAT8_CODES[float8], BLOCK=launch.block, num_warps=launch.num_warps,
     )  # fmt: skip
     return out
+
+
+def variants() -> list:
+    """Every configuration `fake_quantize` can launch: format and input dtype."""
+    from coreai_opt_gpu.kernels.variants import FLOAT_TYPES, Variant
+
+    launch = FAKE_QUANTIZE_LAUNCH
+    return [
+        Variant(
+            _fake_quantize_kernel,
+            f"FLOAT8={fmt} x={dtype}",
+            {"x_ptr": short, "scale_ptr": "fp32", "zero_point_ptr": "fp32", "out_ptr": short},
+            {"FLOAT8": code, "BLOCK": launch.block},
+            launch.num_warps,
+            2 * {"fp32": 4, "fp16": 2, "bf16": 2}[short],
+        )
+        for fmt, code in FLOAT8_CODES.items()
+        for dtype, short in FLOAT_TYPES.items()
+    ]

@@ -22,6 +22,9 @@ import triton
 import triton.language as tl
 
 EXACT = {"enable_fp_fusion": False}  # keep a*b+c as two roundings, as numpy computes it
+# Latency-bound kernels: left alone, ptxas picked 40-64 registers and spilled 4-28 bytes of
+# the binary searches' state on sm_80/sm_90; an explicit cap of 128 removes every spill.
+LATENCY = {**EXACT, "maxnreg": 128}
 SCAN_BLOCK = 1024  # entries per program of the histogram and prefix-sum passes
 
 
@@ -277,7 +280,7 @@ def _coarse_dp_start_kernel(
     BLOCK_E: tl.constexpr,  # bin edges computed at once
     ROWS: tl.constexpr,  # DP rows (bin counts i) per tile
     COLS: tl.constexpr,  # candidate split points j per tile
-    K_PAD: tl.constexpr,
+    K_PAD: tl.constexpr,  # 256 (the largest K): one compiled kernel for every K
 ):  # fmt: skip
     """One program per block. Edges e_c (c = 0..B) as in the twin's `coarse_edges`; then
     D_0[i] = cost(0, i) and D_k[i] = min_j D_k-1[j] + cost(j, i), each layer by divide and
@@ -459,11 +462,15 @@ class CoarseDpLaunch:
     num_warps: int
 
 
+DP_EDGES_BLOCK = 256  # bin edges searched at once
+MAX_K = 256
+# 32 x 32 candidates on four warps took 200-240 registers; on eight, under the 128 cap, none spill
+DP_TILES = (CoarseDpLaunch(16, 16, 2), CoarseDpLaunch(32, 32, 8))
+
+
 def coarse_dp_launch(bins: int) -> CoarseDpLaunch:
     """Pure heuristic: 32 x 32 candidate tiles (16 x 16 for small DPs)."""
-    if bins <= 64:
-        return CoarseDpLaunch(16, 16, 2)
-    return CoarseDpLaunch(32, 32, 4)
+    return DP_TILES[0] if bins <= 64 else DP_TILES[1]
 
 
 def coarse_dp_start(
@@ -491,9 +498,9 @@ def coarse_dp_start(
         values.contiguous(), lengths, prefix_w if prefix_w is not None else prefix_wx,
         prefix_wx, prefix_wxx, order, left, right, starts, coarse, costs, opts, out,
         w, k, bins, starts.numel() - 1, max(1, w.bit_length()),
-        HAS_W=prefix_w is not None, BLOCK_E=min(1024, triton.next_power_of_2(bins + 1)),
-        ROWS=launch.rows, COLS=launch.cols, K_PAD=triton.next_power_of_2(k),
-        num_warps=launch.num_warps, **EXACT,
+        HAS_W=prefix_w is not None, BLOCK_E=DP_EDGES_BLOCK,
+        ROWS=launch.rows, COLS=launch.cols, K_PAD=MAX_K,
+        num_warps=launch.num_warps, **LATENCY,
     )  # fmt: skip
     return out
 
@@ -506,11 +513,11 @@ def coarse_dp_start(
 def _count_at_most(row_ptr, bound, lane_mask, length, n_steps):
     """Per lane: #{v in the row's first `length` entries : v <= bound} (binary search;
     row_ptr [BPP, 1] row starts, bound [BPP, K_PAD] float64, n_steps >= log2(W + 1))."""
-    lo = tl.zeros(bound.shape, tl.int64)
-    hi = tl.zeros(bound.shape, tl.int64) + length
+    lo = tl.zeros(bound.shape, tl.int32)  # rows are shorter than 2^31: int32 halves registers
+    hi = tl.zeros(bound.shape, tl.int32) + length
     for _ in range(n_steps):
         active = (lo < hi) & lane_mask
-        mid = (lo + hi) // 2
+        mid = (lo + hi) >> 1
         v = tl.load(row_ptr + mid, mask=active, other=0.0).to(tl.float64)
         right = v <= bound
         lo = tl.where(active & right, mid + 1, lo)
@@ -540,7 +547,7 @@ def _lloyd_1d_kernel(
     lane = b_mask[:, None] & (k < K)[None, :]  # [BPP, K_PAD]
     has_lower = lane & (k >= 1)[None, :]
     has_upper = lane & ((k + 1) < K)[None, :]
-    length = tl.load(lengths_ptr + block, mask=b_mask, other=0).to(tl.int64)[:, None]
+    length = tl.load(lengths_ptr + block, mask=b_mask, other=0)[:, None]  # int32
     rows = values_ptr + block[:, None] * W  # [BPP, 1]
     prefix_row = block[:, None] * (W + 1)
     cent = centroids_ptr + block[:, None] * K + k[None, :]  # [BPP, K_PAD]
@@ -591,10 +598,13 @@ class Lloyd1dLaunch:
 
 
 def lloyd_1d_launch(k: int) -> Lloyd1dLaunch:
-    """Pure heuristic: at least 32 lanes per program (a full warp), one warp per 32 lanes."""
+    """Pure heuristic: at least 128 lanes per program (at K = 16, eight blocks side by side
+    instead of one warp with 16 busy lanes), two lanes per thread, so every warp is full.
+    (Measured with ptxas for sm_80/sm_90: one lane per thread spilled 4-8 bytes at K = 4 and
+    K = 64; two lanes per thread spill nowhere.)"""
     k_pad = triton.next_power_of_2(k)
-    bpp = max(1, 32 // k_pad)
-    return Lloyd1dLaunch(bpp, num_warps=min(8, max(1, bpp * k_pad // 32)))
+    bpp = max(1, 128 // k_pad)
+    return Lloyd1dLaunch(bpp, num_warps=max(1, bpp * k_pad // 64))
 
 
 def lloyd_1d(
@@ -621,7 +631,7 @@ def lloyd_1d(
         prefix_wx, prefix_wxx, out, inertia, iterations,
         g, w, k, max(0, max_iter), max(1, w.bit_length()),
         HAS_W=prefix_w is not None, BPP=bpp, K_PAD=triton.next_power_of_2(k),
-        num_warps=launch.num_warps, **EXACT,
+        num_warps=launch.num_warps, **LATENCY,
     )  # fmt: skip
     return out, inertia, iterations
 
@@ -639,8 +649,8 @@ def _assign_1d_kernel(
     codes_ptr,  # [G, N] uint8
     N,
     KM1,
+    LOG_K,  # binary-search steps: bit length of K - 1
     FAST: tl.constexpr,  # codes of the clustered (fast-mode rounded) values
-    LOG_K: tl.constexpr,  # binary-search steps: bit length of K - 1
     BLOCK_N: tl.constexpr,
 ):
     """code = #{k : v > mid_k} by binary lifting over the sorted midpoints (LOG_K loads
@@ -655,7 +665,7 @@ def _assign_1d_kernel(
         v = tl.load(slot_values_ptr + slot, mask=mask, other=0.0)
     position = tl.zeros([BLOCK_N], tl.int32)
     mids = mids_ptr + g * KM1
-    for s in tl.static_range(LOG_K):
+    for s in range(LOG_K):
         candidate = position + (1 << (LOG_K - 1 - s))
         ok = mask & (candidate <= KM1)
         boundary = tl.load(mids + candidate - 1, mask=ok, other=float("inf"))
@@ -671,10 +681,14 @@ class Assign1dLaunch:
     num_warps: int
 
 
+ASSIGN_1D_LAUNCH = Assign1dLaunch(1024, num_warps=4)
+
+
 def assign_1d_launch(n: int) -> Assign1dLaunch:
-    """Pure heuristic: up to 1024 elements per program."""
-    block_n = min(triton.next_power_of_2(max(n, 1)), 1024)
-    return Assign1dLaunch(block_n, num_warps=4 if block_n >= 512 else 1)
+    """Pure heuristic: 1024 elements per program (short blocks are masked: one compiled
+    kernel per input dtype and mode)."""
+    del n
+    return ASSIGN_1D_LAUNCH
 
 
 def midpoints_float32(centroids: torch.Tensor) -> torch.Tensor:
@@ -707,7 +721,88 @@ def assign_1d(
     fast = key_to_slot is not None
     _assign_1d_kernel[(g, triton.cdiv(n, launch.block_n))](
         x.contiguous(), mids, key_to_slot if fast else mids, slot_values if fast else mids,
-        out, n, k - 1, FAST=fast, LOG_K=(k - 1).bit_length(), BLOCK_N=launch.block_n,
+        out, n, k - 1, (k - 1).bit_length(), FAST=fast, BLOCK_N=launch.block_n,
         num_warps=launch.num_warps,
     )  # fmt: skip
+    return out
+
+
+def variants() -> list:
+    """Every configuration the scalar engine's launchers can pick."""
+    from coreai_opt_gpu.kernels.variants import FLOAT_TYPES, Variant
+
+    out = []
+    size = {"fp32": 4, "fp16": 2, "bf16": 2}
+    for dtype, short in FLOAT_TYPES.items():
+        for kernel in (_slot_range_kernel, _count_slots_kernel):
+            pointers = {"x_ptr": short, "key_to_slot_ptr": "i32", "low_ptr": "i32",
+                        "high_ptr": "i32", "counts_ptr": "i32"}  # fmt: skip
+            pointers = {n: t for n, t in pointers.items() if n in kernel.arg_names}
+            out.append(
+                Variant(kernel, f"x={dtype}", pointers, {"BLOCK": SCAN_BLOCK}, 4, size[short])
+            )
+    out.append(
+        Variant(
+            _zero_span_kernel, "", {"counts_ptr": "i32", "low_ptr": "i32", "high_ptr": "i32"},
+            {"BLOCK": SCAN_BLOCK}, 4, 4, per="slot",
+        )
+    )  # fmt: skip
+    row_pointers = {"values_ptr": "fp32", "weights_ptr": "fp64", "counts_ptr": "i32",
+                    "low_ptr": "i32", "span_ptr": "i32", "slot_values_ptr": "fp32",
+                    "totals_ptr": "fp64", "offsets_ptr": "fp64", "out_values_ptr": "fp32",
+                    "prefix_w_ptr": "fp64", "prefix_wx_ptr": "fp64",
+                    "prefix_wxx_ptr": "fp64"}  # fmt: skip
+    for histogram, has_w in ((True, True), (False, False), (False, True)):
+        for kernel, moved in ((_row_totals_kernel, 8), (_row_scan_kernel, 8 + 24)):
+            pointers = {n: t for n, t in row_pointers.items() if n in kernel.arg_names}
+            out.append(
+                Variant(
+                    kernel, f"HISTOGRAM={histogram} HAS_W={has_w}", pointers,
+                    {"HISTOGRAM": histogram, "HAS_W": has_w, "BLOCK": SCAN_BLOCK}, 4, moved,
+                    per="row entry",
+                )
+            )  # fmt: skip
+    dp_pointers = {"values_ptr": "fp32", "lengths_ptr": "i32", "prefix_w_ptr": "fp64",
+                   "prefix_wx_ptr": "fp64", "prefix_wxx_ptr": "fp64", "order_ptr": "i32",
+                   "left_ptr": "i32", "right_ptr": "i32", "level_start_ptr": "i32",
+                   "coarse_ptr": "fp64", "cost_ptr": "fp64", "opt_ptr": "i16",
+                   "out_ptr": "fp64"}  # fmt: skip
+    lloyd_pointers = {"values_ptr": "fp32", "lengths_ptr": "i32", "prefix_w_ptr": "fp64",
+                      "prefix_wx_ptr": "fp64", "prefix_wxx_ptr": "fp64",
+                      "centroids_ptr": "fp64", "inertia_ptr": "fp64",
+                      "iterations_ptr": "i32"}  # fmt: skip
+    for has_w in (False, True):
+        for tile in DP_TILES:
+            out.append(
+                Variant(
+                    _coarse_dp_start_kernel, f"HAS_W={has_w} tile={tile.rows}x{tile.cols}",
+                    dp_pointers,
+                    {"HAS_W": has_w, "BLOCK_E": DP_EDGES_BLOCK, "ROWS": tile.rows,
+                     "COLS": tile.cols, "K_PAD": MAX_K},
+                    tile.num_warps, 0, per="block (latency-bound)", options=LATENCY,
+                )
+            )  # fmt: skip
+        for n_bits in range(0, 9):
+            k = 2**n_bits
+            launch = lloyd_1d_launch(k)
+            out.append(
+                Variant(
+                    _lloyd_1d_kernel, f"K={k} HAS_W={has_w} BPP={launch.blocks_per_program}",
+                    lloyd_pointers,
+                    {"HAS_W": has_w, "BPP": launch.blocks_per_program,
+                     "K_PAD": triton.next_power_of_2(k)},
+                    launch.num_warps, 0, per="block (latency-bound)", options=LATENCY,
+                )
+            )  # fmt: skip
+    for fast in (False, True):
+        for dtype, short in FLOAT_TYPES.items():
+            out.append(
+                Variant(
+                    _assign_1d_kernel, f"FAST={fast} x={dtype}",
+                    {"x_ptr": short, "mids_ptr": "fp32", "key_to_slot_ptr": "i32",
+                     "slot_values_ptr": "fp32", "codes_ptr": "u8"},
+                    {"FAST": fast, "BLOCK_N": ASSIGN_1D_LAUNCH.block_n},
+                    ASSIGN_1D_LAUNCH.num_warps, size[short] + 1,
+                )
+            )  # fmt: skip
     return out

@@ -21,9 +21,12 @@ class AssignUpdateLaunch:
 
 
 def assign_update_launch(n: int, k: int) -> AssignUpdateLaunch:
-    """Pure heuristic: ~4K distances per program."""
+    """Pure heuristic: ~2K distances per program, from K alone (short blocks are masked), so
+    there is one compiled kernel per K. (4K distances took 240-255 registers at K = 64..128
+    and spilled on sm_90.)"""
+    del n
     k_pad = triton.next_power_of_2(k)
-    block_n = max(16, min(triton.next_power_of_2(max(n, 1)), 4096 // k_pad, 256))
+    block_n = max(16, min(256, 2048 // k_pad))
     return AssignUpdateLaunch(block_n, num_warps=4 if block_n * k_pad >= 2048 else 2)
 
 
@@ -40,7 +43,7 @@ def _assign_update_kernel(
     K,
     R,
     CHUNKS,
-    D: tl.constexpr,  # vector length: the loop over components is unrolled
+    D,  # vector length (a runtime loop: one compiled kernel for every cluster_dim)
     K_PAD: tl.constexpr,
     HAS_WEIGHTS: tl.constexpr,  # sample weights loaded only when given
     BLOCK_N: tl.constexpr,
@@ -56,7 +59,7 @@ def _assign_update_kernel(
     x_row = x_ptr + block * N * D
     c_row = centroids_ptr + p * K * D
     dist = tl.zeros([BLOCK_N, K_PAD], tl.float32)
-    for d in tl.static_range(D):
+    for d in range(D):
         xd = tl.load(x_row + n * D + d, mask=n_mask, other=0.0).to(tl.float32)
         cd = tl.load(c_row + k * D + d, mask=k_mask, other=0.0).to(tl.float32)
         diff = xd[:, None] - cd[None, :]
@@ -73,7 +76,7 @@ def _assign_update_kernel(
     member = tl.where((code[:, None] == k[None, :]) & n_mask[:, None], w[:, None], 0.0)
     out = (p * CHUNKS + chunk) * K
     tl.store(counts_ptr + out + k, tl.sum(member, axis=0), mask=k_mask)
-    for d in tl.static_range(D):
+    for d in range(D):
         xd = tl.load(x_row + n * D + d, mask=n_mask, other=0.0).to(tl.float32)
         tl.store(sums_ptr + (out + k) * D + d, tl.sum(member * xd[:, None], axis=0), mask=k_mask)
 
@@ -101,5 +104,32 @@ def assign_update(
             codes, distances, sums, counts, n, k, p // g, chunks,
             D=d, K_PAD=triton.next_power_of_2(k), HAS_WEIGHTS=weights is not None,
             BLOCK_N=launch.block_n, num_warps=launch.num_warps,
+            enable_fp_fusion=False,  # distances summed as the twin sums them (no FMA)
         )  # fmt: skip
     return codes, distances, sums.double().sum(1), counts.double().sum(1)
+
+
+def variants() -> list:
+    """Every configuration `assign_update` can launch: K (2..256) and sample weights."""
+    from coreai_opt_gpu.kernels.variants import Variant
+
+    out = []
+    for n_bits in range(1, 9):
+        k = 2**n_bits
+        launch = assign_update_launch(1 << 20, k)
+        for weighted in (False, True):
+            out.append(
+                Variant(
+                    _assign_update_kernel,
+                    f"K={k} HAS_WEIGHTS={weighted} BLOCK_N={launch.block_n}",
+                    {"x_ptr": "fp32", "centroids_ptr": "fp32", "weights_ptr": "fp32",
+                     "codes_ptr": "u8", "distances_ptr": "fp32", "sums_ptr": "fp32",
+                     "counts_ptr": "fp32"},
+                    {"K_PAD": k, "HAS_WEIGHTS": weighted, "BLOCK_N": launch.block_n},
+                    launch.num_warps,
+                    8 + 1 + 4 + (4 if weighted else 0),  # x (D=2), code, distance, weight
+                    per="vector (D=2) and restart",
+                    options={"enable_fp_fusion": False},
+                )
+            )  # fmt: skip
+    return out

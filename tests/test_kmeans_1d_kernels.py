@@ -172,7 +172,7 @@ def test_lloyd_launch_fills_a_warp():
     for k in (2, 4, 16, 256):
         launch = kernels.lloyd_1d_launch(k)
         lanes = launch.blocks_per_program * max(k, 1)
-        assert lanes >= 32 and lanes <= 32 * launch.num_warps
+        assert lanes >= 128 and lanes == 64 * launch.num_warps  # full warps, two lanes each
 
 
 @pytest.mark.parametrize(

@@ -251,7 +251,7 @@ def test_twin_matches_plain_numpy_gather():
     [((5, 7, 3), (1, 1), 1), ((4, 6, 1), (2, 3), 2), ((3, 1, 1), (3, 1), 4)],
     ids=["odd-conv", "tiles-vector", "one-column"],
 )
-@pytest.mark.parametrize("launch", [None, LutDequantLaunch(2, 4, 1)], ids=["auto", "2x4"])
+@pytest.mark.parametrize("launch", [None, LutDequantLaunch(2, 8, 1)], ids=["auto", "2x8"])
 def test_packed_kernel_matches_twin_exactly(n_bits, shape, blocks, d, launch, device):
     from coreai_opt_gpu.kernels.lut_dequant import lut_dequant_packed
 
