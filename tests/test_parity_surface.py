@@ -206,3 +206,27 @@ def test_public_surface_matches_the_reference():
 @pytest.mark.parametrize("module", MODULES)
 def test_every_reference_module_is_importable_here(module):
     assert set(theirs_of(module).__all__) <= set(dir(ours_of(module)))
+
+
+# Submodules users import single names from (coreai_opt's docstrings point at some of them).
+SUBMODULE_NAMES = {
+    ".quantization.spec.qparams_calculator": ["QParamsCalculatorBase", "StaticQParamsCalculator"],
+    ".quantization.spec.range_calculator": ["RangeCalculatorBase", "MinMaxRangeCalculator"],
+    ".quantization.spec.fake_quantize": ["FakeQuantizeImplBase", "fp4_forward"],
+    ".quantization.spec.qscheme": ["QuantizationScheme"],
+    ".quantization.spec.qformulation": ["QuantizationFormulation"],
+    ".quantization.spec.granularity": ["PerChannelGranularity", "resolve_block_sizes"],
+    ".quantization.spec.spec": ["QuantizationSpec"],
+    ".quantization.spec.factory": ["QuantizationComponentFactory"],
+    ".palettization.spec.granularity": ["PerGroupedChannelGranularity"],
+    ".palettization.spec.spec": ["PalettizationSpec", "default_weight_palettization_spec"],
+    ".palettization.spec.training_strategy": ["TrainingStrategy", "DefaultTrainingSpec"],
+    ".config.compression_config": ["CompressionConfig", "ModuleCompressionConfig"],
+}
+
+
+@pytest.mark.parametrize("module", SUBMODULE_NAMES)
+def test_submodule_import_paths(module):
+    theirs, ours = theirs_of(module), ours_of(module)
+    for name in SUBMODULE_NAMES[module]:
+        assert kind(getattr(ours, name)) == kind(getattr(theirs, name)), name
