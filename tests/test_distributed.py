@@ -28,6 +28,7 @@ from coreai_opt_gpu.distributed import (
     weight_seed,
 )
 from coreai_opt_gpu.palettization import (
+    KMeansPalettizer,
     KMeansPalettizerConfig,
     ModuleKMeansPalettizerConfig,
     PalettizationSpec,
@@ -139,6 +140,9 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
         "results": {n: (pw.lut, pw.indices) for n, pw in results.items()},
         "sensitivities": all_reduce_sensitivities({"a": torch.full((2, 3), rank + 1.0)}),
     }
+    prepared, prepared_config = model_and_config()
+    KMeansPalettizer(prepared, prepared_config).prepare()  # inside the group: shared out
+    record["prepared"] = {name: lut for name, lut in prepared.state_dict().items() if "lut" in name}
     owners = share_by_size([t.tensor.numel() for t in targets], world)
     poisoned = next(t for t, o in zip(targets, owners, strict=True) if o == 1)
     with torch.no_grad():
@@ -190,6 +194,15 @@ def test_two_gloo_ranks_share_the_work_and_match_one_process(tmp_path, monkeypat
         assert message.startswith("rank 1 failed during palettize_targets_distributed")
         assert poisoned in message and "NaN" in message
         assert torch.equal(record["sensitivities"]["a"], torch.full((2, 3), 3.0))
+    alone, alone_config = model_and_config()
+    KMeansPalettizer(alone, alone_config).prepare()
+    luts = {name: lut for name, lut in alone.state_dict().items() if "lut" in name}
+    scalar = [name for name in luts if not name.startswith("v")]
+    assert scalar and all(set(r["prepared"]) == set(luts) for r in records)
+    for name in scalar:  # prepare inside a process group: the single-process model, bit for bit
+        assert all(torch.equal(r["prepared"][name], luts[name]) for r in records), name
+    for name in luts:  # vector weights: one seed shared by rank 0, the same on every rank
+        assert torch.equal(records[0]["prepared"][name], records[1]["prepared"][name]), name
     message, lost = records[0]["lost"]
     assert lost == [1] and "rank(s) [1] did not reach it" in message
     assert "waiting for rank 1" in message

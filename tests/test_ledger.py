@@ -76,6 +76,7 @@ def test_device_path_syncs_once_per_prepare_and_runs_no_numpy(fast, monkeypatch)
     monkeypatch.setenv(BACKEND_ENV, "numpy")
     twin = prepare_recorded(linear_stack(1, 32, 64), config)
     assert launches(twin) == launches(one)
+    assert twin.summary().syncs == 1  # the host path logs what the device path would do
 
 
 def test_bytes_per_weight_4bit_group16_fast_mode():

@@ -27,9 +27,10 @@ from dataclasses import dataclass
 
 import torch
 
-from coreai_opt_gpu import ops
+from coreai_opt_gpu import ledger, ops
 from coreai_opt_gpu.backend import Backend, choose_backend
 from coreai_opt_gpu.engine.fast_mode import FP16_MAX, fast_mode_table, fast_mode_values
+from coreai_opt_gpu.ledger import SORT_PASSES, KernelSpec
 
 
 @dataclass(frozen=True)
@@ -57,13 +58,18 @@ def coarse_bins(k: int, n: int) -> int:
 
 
 def sort_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Each block sorted (numpy's sort on the host path, where it is faster than torch's)."""
-    if choose_backend(x) == Backend.NUMPY and x.device.type == "cpu":
-        import numpy as np
+    """Each block of x [G, N] float32 sorted (numpy's sort on the host path, where it is
+    faster than torch's), logged as one segmented radix sort of values and int64 order."""
+    g, n = x.shape
+    backend = choose_backend(x)
+    sort = KernelSpec("sort_rows", (g,), SORT_PASSES * 4 * g * n, SORT_PASSES * 12 * g * n)
+    with ledger.kernels(backend.value, [sort], [("sorted", 12 * g * n)]):
+        if backend == Backend.NUMPY and x.device.type == "cpu":
+            import numpy as np
 
-        return torch.from_numpy(np.sort(x.numpy(), axis=1)), None
-    values, order = torch.sort(x, dim=1)
-    return values, order
+            return torch.from_numpy(np.sort(x.numpy(), axis=1)), None
+        values, order = torch.sort(x, dim=1)
+        return values, order
 
 
 def build_rows(

@@ -150,13 +150,16 @@ def check_weights(targets: list[WeightTarget], sensitivities: dict[str, torch.Te
                     torch.linalg.vector_norm(sensitivity, float("inf")),
                 )
             )
+    spec_of = {t.qualified_name: t for t in targets}
     beyond = set()
     for entries in checks.values():
         values = torch.stack([value.float() for _, _, value in entries]).tolist()  # one sync
         for (name, what, _), value in zip(entries, values, strict=True):
             if what == "weight" and not math.isfinite(value):
+                shape = list(spec_of[name].tensor.shape)
                 raise ValueError(
-                    f"{name}: weight contains NaN or inf; palettization needs finite weights"
+                    f"{name}: weight of shape {shape} contains NaN or inf; palettization "
+                    f"needs finite weights"
                 )
             if what == "sensitivity" and not value >= 0:
                 raise ValueError(f"{name}: sensitivities must be non-negative (min {value})")
@@ -164,7 +167,6 @@ def check_weights(targets: list[WeightTarget], sensitivities: dict[str, torch.Te
                 raise ValueError(f"{name}: sensitivities contain NaN or inf")
             if what == "weight" and value > FP16_MAX:
                 beyond.add(name)
-    spec_of = {t.qualified_name: t for t in targets}
     return {
         name
         for name in beyond

@@ -128,7 +128,7 @@ class KMeansPalettizer:
         sensitivities = None
         if sensitivity_path is not None:
             sensitivities = self._read_sensitivities(sensitivity_path, targets)
-        results = palettize_targets(
+        results = _cluster(
             targets, sensitivities, progress=True, device=device, memory_budget=memory_budget
         )
         self._targets = targets
@@ -214,7 +214,11 @@ class KMeansPalettizer:
         if sensitivity_path is not None:
             write_sensitivities(collector.sensitivities, sensitivity_path)
         self._sensitivities = collector.sensitivities
-        results = palettize_targets(self._targets, collector.sensitivities, progress=True)
+        if _distributed():  # every rank clusters with the sum of all ranks' sensitivities
+            from coreai_opt_gpu.distributed import all_reduce_sensitivities
+
+            self._sensitivities = all_reduce_sensitivities(collector.sensitivities)
+        results = _cluster(self._targets, self._sensitivities, progress=True)
         for target, fake in zip(self._targets, fakes, strict=True):
             fake.update(keep_padding_row_zero(target, results[target.qualified_name]))
 
@@ -266,7 +270,7 @@ class KMeansPalettizer:
             fake.enable_fake_palett(enabled)
         if turning_on:
             targets = [target for target, _ in turning_on]
-            results = palettize_targets(targets, self._sensitivities)
+            results = _cluster(targets, self._sensitivities)
             for target, fake in turning_on:
                 fake.update(keep_padding_row_zero(target, results[target.qualified_name]))
 
@@ -398,3 +402,20 @@ def keep_padding_row_zero(target: WeightTarget, palettized: PalettizedWeight) ->
 
 def is_prepared(model: nn.Module) -> bool:
     return hasattr(model, PREPARED_MARK)
+
+
+def _distributed() -> bool:
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def _cluster(targets, sensitivities=None, progress=False, **kwargs):
+    """`palettize_targets`; inside an initialized process group of several ranks, the weights
+    are shared out across the ranks and the results gathered once
+    (`distributed.palettize_targets_distributed`), so every rank gets the same model."""
+    if _distributed():
+        from coreai_opt_gpu.distributed import palettize_targets_distributed
+
+        return palettize_targets_distributed(targets, sensitivities, progress, **kwargs)
+    return palettize_targets(targets, sensitivities, progress, **kwargs)
