@@ -70,7 +70,9 @@ def valid_rows(got, expected, lengths, extra=0):
         assert np.array_equal(got[g, : length + extra], expected[g, : length + extra]), g
 
 
-@pytest.mark.parametrize(("g", "n"), [(3, 1000), (1, 1), (2, 4096)], ids=["odd", "one", "pow2"])
+@pytest.mark.parametrize(
+    ("g", "n"), [(3, 1000), (1, 1), (2, 4096), (2, 16500)], ids=["odd", "one", "pow2", "long"]
+)
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_grid_histogram_matches_twin_exactly(g, n, dtype, device, poisoned):
     x = torch.from_numpy(blocks(g, n)).to(getattr(torch, dtype))
@@ -181,8 +183,8 @@ def test_lloyd_launch_fills_a_warp():
 )  # fmt: skip
 @pytest.mark.parametrize(
     ("g", "n", "k"),
-    [(3, 100, 4), (2, 1000, 16), (1, 7, 256), (2, 0, 4), (2, 50, 1), (2, 64, 2)],
-    ids=["odd", "k16", "k256", "empty", "k1", "k2"],
+    [(3, 100, 4), (2, 1000, 16), (1, 7, 256), (2, 0, 4), (2, 50, 1), (2, 64, 2), (2, 16500, 16)],
+    ids=["odd", "k16", "k256", "empty", "k1", "k2", "long"],
 )
 @pytest.mark.parametrize("fast", [False, True], ids=["exact", "fast"])
 def test_assign_kernel_matches_twin_exactly(g, n, k, fast, launch, device):

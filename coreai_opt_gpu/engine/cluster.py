@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -30,6 +32,35 @@ def scalar_block_bytes(n: int, k: int, rounding_precision: int | None, weighted:
     else:
         rows = 4 * n + 8 * n + 3 * 8 * (n + 1) + (8 * n if weighted else 0)
     return rows + dp + 4 * n + n  # plus a float32 copy of the block and its codes
+
+
+_CHUNKING = ["auto"]
+
+
+@contextmanager
+def chunking(policy: str) -> Iterator[None]:
+    """Chunk scalar blocks as the "device" path or the "host" path does whatever runs them
+    ("auto": by backend). The cost model records a device run's ledger on the host path."""
+    if policy not in ("auto", "device", "host"):
+        raise ValueError(f"chunking policy {policy!r} is not valid; allowed: auto, device, host")
+    _CHUNKING.append(policy)
+    try:
+        yield
+    finally:
+        _CHUNKING.pop()
+
+
+def scalar_chunk_blocks(
+    n: int, k: int, rounding_precision: int | None, weighted: bool, memory_budget: int | None,
+    on_device: bool,
+) -> int:  # fmt: skip
+    """Blocks of n values per engine call: by working memory under the budget on the device,
+    ~16M values on the host."""
+    policy = _CHUNKING[-1]
+    if policy == "device" or (policy == "auto" and on_device):
+        budget = DEFAULT_ENGINE_BUDGET if memory_budget is None else memory_budget
+        return max(1, budget // scalar_block_bytes(n, k, rounding_precision, weighted))
+    return max(1, SCALAR_CHUNK_VALUES // n)
 
 
 @dataclass(frozen=True)
@@ -115,12 +146,9 @@ def cluster_blocks(
     x = blocks.detach().reshape(g, n)
     w = None if weights is None else weights.detach().to(torch.float64)
     k = 2**n_bits
-    if choose_backend(x) == Backend.TRITON:
-        budget = DEFAULT_ENGINE_BUDGET if memory_budget is None else memory_budget
-        per_block = scalar_block_bytes(n, k, rounding_precision, w is not None)
-        step = max(1, budget // per_block)
-    else:
-        step = max(1, SCALAR_CHUNK_VALUES // n)  # blocks are independent: same result per chunk
+    on_device = choose_backend(x) == Backend.TRITON
+    # blocks are independent: the same result whatever the chunking
+    step = scalar_chunk_blocks(n, k, rounding_precision, w is not None, memory_budget, on_device)
     parts = [
         cluster_scalar(
             x[i : i + step],

@@ -77,11 +77,18 @@ def fp16_keys(x: np.ndarray) -> np.ndarray:
     return bits ^ flip
 
 
+def _bits_to_slot(key_to_slot: np.ndarray) -> np.ndarray:
+    """[65536] slot of each fp16 bit pattern (the key table re-indexed by the raw bits)."""
+    bits = np.arange(FP16_KEYS, dtype=np.uint16)
+    return key_to_slot[bits ^ np.where(bits >= 0x8000, 0xFFFF, 0x8000).astype(np.uint16)]
+
+
 def _slots(x: np.ndarray, key_to_slot: np.ndarray) -> np.ndarray:
     """Slot of every element: one gather through a table indexed by the fp16 bits."""
-    bits = np.arange(FP16_KEYS, dtype=np.uint16)
-    bits_to_slot = key_to_slot[bits ^ np.where(bits >= 0x8000, 0xFFFF, 0x8000).astype(np.uint16)]
-    return bits_to_slot[x.astype(np.float16).view(np.uint16)]
+    return _bits_to_slot(key_to_slot)[x.astype(np.float16).view(np.uint16)]
+
+
+PER_BLOCK = 1 << 14  # blocks at least this long are counted one at a time over fp16 patterns
 
 
 def grid_histogram(
@@ -93,14 +100,32 @@ def grid_histogram(
     with the value, n_slots in all). Returns counts [G, W] int32 (entry j of block g counts
     slot low[g] + j; valid for j < span[g]; the kernel's W is n_slots, the twin's the widest
     span), low [G] int32 and span [G] int32 (slots from the block's lowest to its highest).
+    Long blocks are counted over their fp16 bit patterns first (a 65,536-bin bincount that
+    stays in cache), then pattern counts are summed into slots: no per-element slot array.
     """
-    slots = _slots(x, key_to_slot)  # [G, N] int32
-    low, high = slots.min(1), slots.max(1)
-    span = high - low + 1
-    width = int(span.max())
-    flat = (slots - low[:, None]).astype(np.int64) + np.arange(len(x))[:, None] * width
-    counts = np.bincount(flat.ravel(), minlength=len(x) * width).reshape(len(x), width)
-    return counts.astype(np.int32), low.astype(np.int32), span.astype(np.int32)
+    g, n = x.shape
+    if n < PER_BLOCK:
+        slots = _slots(x, key_to_slot)  # [G, N] int32
+        low, high = slots.min(1), slots.max(1)
+        span = high - low + 1
+        width = int(span.max())
+        flat = (slots - low[:, None]).astype(np.int64) + np.arange(g)[:, None] * width
+        counts = np.bincount(flat.ravel(), minlength=g * width).reshape(g, width)
+        return counts.astype(np.int32), low.astype(np.int32), span.astype(np.int32)
+    bits_to_slot = _bits_to_slot(key_to_slot)
+    bits = x.astype(np.float16).view(np.uint16)
+    per_block = []
+    for row in bits:
+        pattern_counts = np.bincount(row, minlength=FP16_KEYS)
+        slot_counts = np.bincount(bits_to_slot, weights=pattern_counts, minlength=n_slots)
+        used = np.flatnonzero(slot_counts)
+        per_block.append((used[0], slot_counts[used[0] : used[-1] + 1]))
+    low = np.array([lo for lo, _ in per_block], np.int32)
+    span = np.array([len(c) for _, c in per_block], np.int32)
+    counts = np.zeros((g, int(span.max())), np.int32)
+    for row, (_, c) in zip(counts, per_block, strict=True):
+        row[: len(c)] = c
+    return counts, low, span
 
 
 def _prefix(x: np.ndarray) -> np.ndarray:
@@ -210,7 +235,13 @@ def coarse_dp_start(
 ) -> np.ndarray:
     """Exact k-means of each row coarsened to `bins` runs (`coarse_edges`) -> centroids
     [G, K] float64 ascending: the optimal split at bin edges under the rows' own squared error
-    (prefix sums at the edges), unused centroids repeating the last one."""
+    (prefix sums at the edges), unused centroids repeating the last one.
+
+    When every row is shorter than `bins`, the twin solves the DP over the longest row's
+    length instead: rows that short get one bin per entry and then empty bins, whose runs cost
+    nothing and whose prefix sums repeat the totals, so the leftmost argmins and the result
+    are the same (the kernel cannot know the lengths without reading them back)."""
+    bins = int(min(bins, max(1, lengths.max())))
     edges = coarse_edges(values, lengths, prefix_w, bins)
     sums = (
         _prefix_at(prefix_w, edges),
@@ -289,6 +320,8 @@ def assign_1d(
     mids = midpoints_float32(centroids)  # [G, K-1]
     if x.size == 0:
         return np.zeros(x.shape, np.uint8)
+    if key_to_slot is not None and x.shape[1] >= PER_BLOCK:
+        return _assign_fast_per_block(x, mids, key_to_slot, slot_values)
     if key_to_slot is not None:
         slots = _slots(x, key_to_slot)
         low = slots.min(1, keepdims=True)
@@ -297,3 +330,21 @@ def assign_1d(
         table = SortedRows(mids).search(slot_values[grid], "left").astype(np.uint8)
         return np.take_along_axis(table, (slots - low).astype(np.intp), 1)
     return SortedRows(mids).search(x.astype(np.float32), "left").astype(np.uint8)
+
+
+def _assign_fast_per_block(
+    x: np.ndarray, mids: np.ndarray, key_to_slot: np.ndarray, slot_values: np.ndarray
+) -> np.ndarray:
+    """Fast-mode codes of long blocks: per block, the code of each of the block's slots, then
+    of each fp16 bit pattern, then one cache-resident gather per element."""
+    bits_to_slot = _bits_to_slot(key_to_slot)
+    bits = x.astype(np.float16).view(np.uint16)
+    codes = np.empty(x.shape, np.uint8)
+    keys = bits ^ np.where(bits >= 0x8000, np.uint16(0xFFFF), np.uint16(0x8000))
+    low_keys, high_keys = keys.min(1), keys.max(1)  # slots rise with keys
+    for g, row in enumerate(bits):
+        low, high = int(key_to_slot[low_keys[g]]), int(key_to_slot[high_keys[g]])
+        code_of_slot = np.searchsorted(mids[g], slot_values[low : high + 1], "left")
+        code_of_bits = code_of_slot[np.clip(bits_to_slot - low, 0, high - low)].astype(np.uint8)
+        codes[g] = code_of_bits[row]
+    return codes
