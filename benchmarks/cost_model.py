@@ -205,12 +205,16 @@ def section(rows: list[dict], device: Device, layers: int) -> str:
     )
 
 
-def write_section(text: str, path: str = "docs/benchmarks.md") -> None:
+def write_section(
+    text: str, path: str = "docs/benchmarks.md", marks: tuple[str, str] = (MARK_START, MARK_END)
+) -> None:
+    """Replace the marked section of `path` with `text` (append it when absent)."""
+    start, end = marks
     with open(path) as f:
         doc = f.read()
-    if MARK_START in doc:
-        before, rest = doc.split(MARK_START, 1)
-        after = rest.split(MARK_END, 1)[1].lstrip("\n")
+    if start in doc:
+        before, rest = doc.split(start, 1)
+        after = rest.split(end, 1)[1].lstrip("\n")
         doc = before + text + after
     else:
         doc = doc.rstrip("\n") + "\n\n" + text
