@@ -88,3 +88,19 @@ def test_bytes_per_weight_4bit_group16_fast_mode():
     weights = 2 * 256 * 4096
     assert summary.syncs == 1
     assert summary.bytes_moved / weights <= 40, summary
+
+
+def test_fast_mode_weight_beyond_fp16_range_is_split_with_its_own_syncs():
+    """A fast-mode weight with values beyond fp16 is found by the one input check; only its
+    engine call validates (extra syncs) and clusters the out-of-range block exactly."""
+    model = linear_stack(2, 32, 64)
+    with torch.no_grad():
+        model[1].weight[0, 0] = 7e4  # block 0 of layer 1 (rows 0-15) is beyond fp16
+    book = prepare_recorded(model, KMeansPalettizerConfig.presets.w4(group_size=16))
+    lut = model[1].parametrizations.weight[0].lut
+    assert torch.any(lut[0] == 7e4) and not torch.isinf(lut).any()
+    assert book.summary().syncs > 1
+    clean = prepare_recorded(
+        linear_stack(2, 32, 64), KMeansPalettizerConfig.presets.w4(group_size=16)
+    )
+    assert clean.summary().syncs == 1
