@@ -83,3 +83,29 @@ def test_indices_from_blocks_matches_block_order(case):
 def test_incompatible_weights(shape, spec, message):
     with pytest.raises(IncompatibleWeightError, match=message):
         palette_layout(shape, spec, "linear")
+
+
+@pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
+def test_block_ranges_read_and_write_like_the_whole(case):
+    """read_blocks / write_indices on any block range equal slicing to_blocks /
+    indices_from_blocks (exact); read_blocks is a view where blocks lie flat in memory, and
+    reads expanded (stride-0) tensors such as a broadcast per-channel scale."""
+    shape, spec, op_type, _ = case
+    layout = palette_layout(shape, spec, op_type)
+    g = layout.num_blocks
+    weight = torch.randn(shape)
+    blocks = layout.to_blocks(weight)
+    codes = torch.randint(0, 16, (g, layout.block_vectors), dtype=torch.uint8)
+    for start in range(g):
+        for stop in range(start + 1, g + 1):
+            part = layout.read_blocks(weight, start, stop)
+            assert torch.equal(part, blocks[start:stop]), (start, stop)
+            if layout._blocks_are_flat():  # a view of the weight: nothing copied
+                assert part._base is weight or part._base is weight._base
+    for step in range(1, g + 1):
+        indices = torch.full(layout.index_shape, 255, dtype=torch.uint8)  # poisoned
+        for start in range(0, g, step):
+            layout.write_indices(indices, start, codes[start : start + step])
+        assert torch.equal(indices, layout.indices_from_blocks(codes)), step
+    scale = torch.rand(shape[0]).reshape(-1, *([1] * (len(shape) - 1))).expand(shape)
+    assert torch.equal(layout.read_blocks(scale, 0, g), layout.to_blocks(scale.contiguous()))

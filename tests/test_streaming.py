@@ -6,7 +6,11 @@ from torch import nn
 
 from coreai_opt_gpu.palettization import KMeansPalettizer, KMeansPalettizerConfig
 from coreai_opt_gpu.palettization import palettize as palettize_module
-from coreai_opt_gpu.palettization.palettize import chunks_within, palettize_targets
+from coreai_opt_gpu.palettization.palettize import (
+    blocks_per_call,
+    chunks_within,
+    palettize_targets,
+)
 from coreai_opt_gpu.palettization.targets import find_targets
 
 
@@ -34,10 +38,14 @@ def test_small_budget_streams_without_changing_results(monkeypatch):
         "cluster_blocks",
         lambda blocks, *a, **k: calls.append(blocks.shape) or original(blocks, *a, **k),
     )
-    streamed = palettize_targets(
-        find_targets(stack(), config), memory_budget=64 * 64 * 4 * 2, device="cpu"
-    )
-    assert len(calls) == 3 and all(shape[0] == 2 * 4 for shape in calls)  # 2 weights x 4 blocks
+    budget = 64 * 64 * 4 * 2  # two weights' fp32 blocks per chunk
+    streamed = palettize_targets(find_targets(stack(), config), memory_budget=budget, device="cpu")
+    # host path: 3 chunks of 2 weights x 4 blocks, each cut into engine calls whose working
+    # memory fits the budget
+    per_call = blocks_per_call(16 * 64, 16, 4, False, budget, torch.device("cpu"), 8)
+    assert 1 <= per_call < 8
+    expected = [min(per_call, 8 - start) for start in range(0, 8, per_call)] * 3
+    assert [shape[0] for shape in calls] == expected
     for name, result in whole.items():
         assert torch.equal(result.lut, streamed[name].lut)
         assert torch.equal(result.indices, streamed[name].indices)

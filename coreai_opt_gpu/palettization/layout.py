@@ -84,6 +84,51 @@ class PaletteLayout:
         """[G, K, D] -> [G0, G1, K, D]."""
         return lut.reshape(self.blocks_axis0, self.blocks_axis1, *lut.shape[1:])
 
+    def _grid_view(self, weight: torch.Tensor) -> torch.Tensor:
+        """[O, C, *kernel] -> [G0, G1, rows, cols, T, D] as a view (no copy): block (b0, b1)
+        is [b0, b1]; also for expanded (stride-0) tensors such as a broadcast scale."""
+        g0, rows, g1, cols, taps, d = self._grid()
+        x = weight.reshape(self.vectors, d, self.channels, taps).permute(0, 2, 3, 1)
+        return x.unflatten(0, (g0, rows)).unflatten(2, (g1, cols)).permute(0, 2, 1, 3, 4, 5)
+
+    def _runs(self, start: int, stop: int) -> list[tuple[int, int, int]]:
+        """Blocks start..stop-1 as runs (b0, first b1, last b1 + 1) of one row of blocks."""
+        g1 = self.blocks_axis1
+        return [
+            (b0, max(start, b0 * g1) - b0 * g1, min(stop, (b0 + 1) * g1) - b0 * g1)
+            for b0 in range(start // g1, (stop - 1) // g1 + 1)
+        ]
+
+    def read_blocks(self, weight: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+        """Blocks start..stop-1 of `weight` [O, C, *kernel] as [stop - start, N, D]: a view
+        when they lie contiguously in memory, else a copy of those blocks only."""
+        if self._blocks_are_flat() and weight.is_contiguous():
+            flat = weight.view(self.num_blocks, self.block_vectors, self.cluster_dim)
+            return flat[start:stop]
+        return self._read_runs(weight, start, stop)
+
+    def _blocks_are_flat(self) -> bool:
+        """Block g is elements g*N*D .. (g+1)*N*D-1 of the flat weight: one block along axis 1,
+        and vectors that are consecutive elements (scalars, or weights of one column)."""
+        return self.blocks_axis1 == 1 and (self.cluster_dim == 1 or self.channels * self.taps == 1)
+
+    def _read_runs(self, weight: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+        grid = self._grid_view(weight)
+        n, d = self.block_vectors, self.cluster_dim
+        pieces = [grid[b0, lo:hi].reshape(hi - lo, n, d) for b0, lo, hi in self._runs(start, stop)]
+        return pieces[0] if len(pieces) == 1 else torch.cat(pieces)
+
+    def write_indices(self, indices: torch.Tensor, start: int, codes: torch.Tensor) -> None:
+        """Store codes [B, N] of blocks start..start+B-1 into indices [V, C, T] (in place)."""
+        g0, rows, g1, cols, taps, _ = self._grid()
+        grid = indices.unflatten(0, (g0, rows)).unflatten(2, (g1, cols)).permute(0, 2, 1, 3, 4)
+        offset = start
+        for b0, lo, hi in self._runs(start, start + len(codes)):
+            count = hi - lo
+            source = codes[offset - start : offset - start + count]
+            grid[b0, lo:hi].copy_(source.reshape(count, rows, cols, taps))
+            offset += count
+
 
 def palette_layout(shape: tuple[int, ...], spec: PalettizationSpec, op_type: str) -> PaletteLayout:
     """Block structure of a weight of `shape` under `spec`; raises IncompatibleWeightError."""
