@@ -6,19 +6,43 @@ like the weight with axis 0 divided by cluster_dim, LUT of rank weight.dim() + 2
 `ScaledPalettizeModule` (an integer or float8 LUT, then `coreai::constexpr_blockwise_shift_scale`
 with the per-block LUT scale, fused with the per-channel scale when both are present). The dense
 original is replaced by an empty tensor, as in the plain-torch backend.
+
+The layers are coreai-torch's classes with two additions (subclasses, so `isinstance` checks
+and the converter see coreai-torch's layers): the decoded weight is cast to the dtype of the
+(empty) original, so it follows `model.half()` / `.double()` like the dense weight would, and
+the LUT and scales keep their dtype (float32, or the LUT's int8 / float8 codes) through such
+casts (`precision.KeepsPrecision`).
 """
 
 from __future__ import annotations
+
+import functools
 
 import torch
 from torch import nn
 
 from coreai_opt_gpu.palettization.finalize import CompressionReport, replace_fake_palettizations
 from coreai_opt_gpu.palettization.parametrization import FakePalettize
+from coreai_opt_gpu.palettization.precision import KeepsPrecision
 
 
+def _following_the_weight_dtype(layer: type) -> type:
+    """`layer` (a coreai-torch parametrization class) decoding to the original's dtype, its
+    LUT and scales kept at their dtype through model casts."""
+
+    class Layer(KeepsPrecision, layer):
+        def forward(self, original: torch.Tensor) -> torch.Tensor:
+            decoded = super().forward(original)
+            return decoded.to(original.dtype) if original.is_floating_point() else decoded
+
+    Layer.__name__ = Layer.__qualname__ = layer.__name__
+    return Layer
+
+
+@functools.cache
 def coreai_layers() -> tuple[type, type]:
-    """(PalettizeParametrization, ScaledPalettizeParametrization) from coreai-torch."""
+    """(PalettizeParametrization, ScaledPalettizeParametrization) from coreai-torch, as the
+    module docstring describes."""
     try:
         from coreai_torch._compression.custom_layers import (
             PalettizeModule,
@@ -30,8 +54,9 @@ def coreai_layers() -> tuple[type, type]:
             "backend=CoreAI needs the optional coreai-torch package: "
             "pip install 'coreai-opt-gpu[coreai]'"
         ) from err
-    return wrap_for_parametrization(PalettizeModule), wrap_for_parametrization(
-        ScaledPalettizeModule
+    return (
+        _following_the_weight_dtype(wrap_for_parametrization(PalettizeModule)),
+        _following_the_weight_dtype(wrap_for_parametrization(ScaledPalettizeModule)),
     )
 
 

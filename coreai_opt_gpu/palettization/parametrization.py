@@ -1,11 +1,13 @@
 """Fake palettization of one weight: a `torch.nn.utils.parametrize` parametrization.
 
 The weight is decoded from the stored LUT and indices (and per-channel scale) through the
-LUT-gather dequant op: the Triton kernel on CUDA, its numpy twin elsewhere. Outside training
-mode the result depends only on those buffers and is cached. In training mode the spec's
-`TrainingStrategy` decides (default: the palettized weight stays frozen, no gradient reaches
-it); during calibration gradients reach the dense weight straight through. While a
-`PATSchedule` keeps palettization off, the dense weight passes through unchanged.
+LUT-gather dequant op: the Triton kernel on CUDA, its numpy twin elsewhere, in the dense
+weight's dtype (any floating dtype; the LUT and scales stay float32 through model casts, see
+`precision`). Outside training mode the result depends only on those buffers and is kept in
+the process-wide decoded-weight cache (`decode_cache`, 64 MiB by default). In training mode
+the spec's `TrainingStrategy` decides (default: the palettized weight stays frozen, no
+gradient reaches it); during calibration gradients reach the dense weight straight through.
+While a `PATSchedule` keeps palettization off, the dense weight passes through unchanged.
 """
 
 from __future__ import annotations
@@ -15,11 +17,13 @@ from torch import nn
 
 from coreai_opt_gpu.config.spec import CompressionSimulatorBase
 from coreai_opt_gpu.engine.lut_quant import quantize_lut
-from coreai_opt_gpu.ops import lut_dequant
+from coreai_opt_gpu.palettization.decode_cache import CACHE
+from coreai_opt_gpu.palettization.decoding import OP_DTYPES, decode_weight
 from coreai_opt_gpu.palettization.layout import PaletteLayout
 from coreai_opt_gpu.palettization.palettize import PalettizedWeight
+from coreai_opt_gpu.palettization.precision import KeepsPrecision
 
-DECODE_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+DECODE_DTYPES = OP_DTYPES  # dtypes the dequant ops store directly (others: float32, cast)
 ASSIGN_CHUNK = 2**22  # distance entries (vectors x centroids x blocks) per re-assignment step
 
 
@@ -35,10 +39,11 @@ class _StraightThrough(torch.autograd.Function):
         return grad, None
 
 
-class FakePalettize(CompressionSimulatorBase):
-    """Buffers: `lut` [G, K, D] (a parameter when the training strategy learns it),
-    `indices` [V, C, T] uint8, `row_scale` [O] (empty without per-channel scale),
-    `lut_scale` / `lut_zero_point` [G] (empty without a LUT quantization spec)."""
+class FakePalettize(KeepsPrecision, CompressionSimulatorBase):
+    """Buffers: `lut` [G, K, D] float32 (a parameter when the training strategy learns it),
+    `indices` [V, C, T] uint8, `row_scale` [O] float32 (empty without per-channel scale),
+    `lut_scale` / `lut_zero_point` [G] (empty without a LUT quantization spec). One instance
+    may serve several modules that share the dense weight (tied weights)."""
 
     def __init__(self, palettized: PalettizedWeight) -> None:
         super().__init__()
@@ -49,7 +54,7 @@ class FakePalettize(CompressionSimulatorBase):
         self.packed_bytes = palettized.packed_bytes()  # storage once indices are bit-packed
         self.straight_through = False  # set during calibration: gradients in eval mode too
         self.fake_palett_enabled = True  # False while a PAT schedule keeps palettization off
-        self._cached: tuple[tuple, torch.Tensor] | None = None  # (buffer versions, weight)
+        self._decoded: tuple[tuple, torch.Tensor] | None = None  # held for `decode_cache`
         for name, value in self._buffers_of(palettized).items():
             self.register_buffer(name, value)
         self.training_strategy = palettized.spec.training_strategy_spec.build_strategy()
@@ -162,24 +167,30 @@ class FakePalettize(CompressionSimulatorBase):
     def decode(self, dtype: torch.dtype) -> torch.Tensor:
         """The palettized weight in `dtype`, shaped like the original.
 
-        It depends only on the stored LUT, indices and scales, so it is computed once and
-        reused until one of them changes (a new tensor or an in-place write, e.g.
+        It depends only on the stored LUT, indices and scales, so it is kept in the
+        decoded-weight cache (`decode_cache`: one LRU byte budget for all weights) and served
+        again until one of them changes (a new tensor or an in-place write, e.g.
         load_state_dict or an optimizer step on a trainable LUT); not cached while
         torch.compile / torch.export trace the model.
         """
         if torch.compiler.is_compiling():
             return self._decode(dtype)
         key = self._cache_key(dtype)
-        if self._cached is None or self._cached[0] != key:
-            self._cached = (key, self._decode(dtype))
-        return self._cached[1]
+        decoded = CACHE.lookup(self, key)
+        if decoded is None:
+            decoded = self._decode(dtype)
+            CACHE.store(self, key, decoded)
+        return decoded
 
     def _decode(self, dtype: torch.dtype) -> torch.Tensor:
         scale = self.row_scale if self.row_scale.numel() else None
-        out_dtype = dtype if dtype in DECODE_DTYPES else torch.float32
-        lut = self.layout.lut_view(self.lut.detach())
-        decoded = lut_dequant(self.indices, lut, scale, out_dtype)
-        return decoded.reshape(self.layout.shape).to(dtype)
+        return decode_weight(self.layout, self.indices, self.lut.detach(), scale, dtype)
+
+    def __getstate__(self) -> dict:
+        """Copies and pickles leave the decoded weight behind (the cache does not know them)."""
+        state = dict(super().__getstate__())
+        state["_decoded"] = None
+        return state
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
         if not self.fake_palett_enabled:
