@@ -99,8 +99,7 @@ def palettize_targets(
     `compute_device`) in chunks of at most `memory_budget` bytes of fp32 blocks; results come
     back to each weight's device. Scalar results do not depend on the chunking.
     """
-    if isinstance(memory_budget, bool) or not isinstance(memory_budget, int) or memory_budget < 1:
-        raise ValueError(f"memory_budget must be a positive number of bytes, got {memory_budget!r}")
+    check_memory_budget(memory_budget)
     sensitivities = sensitivities or {}
     beyond_fp16 = check_weights(targets, sensitivities)
     batches: dict[tuple, list[WeightTarget]] = defaultdict(list)
@@ -126,6 +125,14 @@ def palettize_targets(
             bar.update(len(chunk))
     bar.close()
     return results
+
+
+def check_memory_budget(memory_budget: object) -> None:
+    """Raise ValueError unless `memory_budget` is a whole number of bytes >= 1."""
+    if isinstance(memory_budget, bool) or not isinstance(memory_budget, int) or memory_budget < 1:
+        raise ValueError(
+            f"memory_budget must be a whole number of bytes >= 1, got {memory_budget!r}"
+        )
 
 
 def check_weights(targets: list[WeightTarget], sensitivities: dict[str, torch.Tensor]) -> set:

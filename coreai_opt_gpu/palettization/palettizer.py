@@ -18,11 +18,13 @@ from coreai_opt_gpu.config.resolver import unmatched_module_keys
 from coreai_opt_gpu.config.trace import PALETTIZABLE_OPS, static_ops, trace_ops
 from coreai_opt_gpu.export import ExportBackend
 from coreai_opt_gpu.palettization.config import KMeansPalettizerConfig
+from coreai_opt_gpu.palettization.coverage import skipped_summary, skipped_weights
 from coreai_opt_gpu.palettization.finalize import CompressionReport, finalize_torch
 from coreai_opt_gpu.palettization.finalize_coreai import finalize_coreai
 from coreai_opt_gpu.palettization.palettize import (
     DEFAULT_MEMORY_BUDGET,
     PalettizedWeight,
+    check_memory_budget,
     palettize_targets,
 )
 from coreai_opt_gpu.palettization.parametrization import FakePalettize
@@ -31,6 +33,7 @@ from coreai_opt_gpu.palettization.sensitivity import (
     save_sensitivities as write_sensitivities,
 )
 from coreai_opt_gpu.palettization.targets import WeightTarget, find_targets
+from coreai_opt_gpu.palettization.tied import SharedWeight, check_owners_agree, shared_weights
 
 PREPARED_MARK = "_coreai_opt_gpu_prepared"
 SUPPORTED_MODULES: tuple[type[nn.Module], ...] = (
@@ -43,6 +46,7 @@ SUPPORTED_MODULES: tuple[type[nn.Module], ...] = (
     nn.ConvTranspose3d,
     nn.MultiheadAttention,
 )
+SUPPORTED_OPS = tuple(dict.fromkeys(PALETTIZABLE_OPS.values()))
 logger = logging.getLogger(__name__)
 
 
@@ -62,6 +66,8 @@ class KMeansPalettizer:
     Ops: linear, conv1d/2d/3d, conv_transpose1d/2d/3d and nn.MultiheadAttention (the op
     `multi_head_attention_forward`, with in_proj and out_proj weights), including functional
     calls; any tensor through a module's `module_state_spec` (e.g. an nn.Embedding weight).
+    A tensor several modules hold (tied weights) is clustered once and shares one
+    parametrization under every name (`tied`).
     """
 
     def __init__(self, model: nn.Module, config: KMeansPalettizerConfig | None = None) -> None:
@@ -70,7 +76,8 @@ class KMeansPalettizer:
         self.model = model
         self.config = config if config is not None else KMeansPalettizerConfig()
         self.report: CompressionReport | None = None
-        self._targets: list[WeightTarget] = []
+        self._targets: list[WeightTarget] = []  # one per palettized tensor (its primary)
+        self._groups: list[SharedWeight] = []  # every name of each palettized tensor
         self._sensitivities: dict[str, torch.Tensor] | None = None
         self._lifecycle = Lifecycle.IDLE
         self._step_count = 0
@@ -107,10 +114,16 @@ class KMeansPalettizer:
         num_workers: accepted for compatibility (>= 1); all blocks are clustered together.
         device: where clustering runs (default: CUDA for a CPU-resident model when a GPU is
         present, else the model's device); memory_budget: bytes of fp32 weight blocks sent
-        to it at once (the engine's own working memory comes on top).
+        to it at once, and the bound of the engine's working memory per call (on the host at
+        most 32 MiB of it, see `palettize.blocks_per_call`).
+
+        Warns once about weights the config addresses that no palettizable op uses (module,
+        parameter, why: `coverage`), and when nothing is palettized at all. Errors: weights on
+        the meta device; a tied weight whose owners' configs disagree (`tied`).
         """
         if not isinstance(num_workers, int) or num_workers < 1:
             raise ValueError(f"num_workers must be an integer >= 1, got {num_workers!r}")
+        check_memory_budget(memory_budget)
         if is_prepared(self.model):
             raise RuntimeError(
                 "the model is already prepared for palettization; prepare it "
@@ -125,43 +138,72 @@ class KMeansPalettizer:
                 f"config entries that match no module of the model: {unmatched}", stacklevel=2
             )
         targets = find_targets(self.model, self.config, trace)
+        groups = check_owners_agree(shared_weights(targets), self.model, self.config, trace)
+        _check_weights_have_data(groups)
+        primaries = [group.primary for group in groups]
         sensitivities = None
         if sensitivity_path is not None:
-            sensitivities = self._read_sensitivities(sensitivity_path, targets)
+            sensitivities = self._read_sensitivities(sensitivity_path, groups)
         results = _cluster(
-            targets, sensitivities, progress=True, device=device, memory_budget=memory_budget
+            primaries, sensitivities, progress=True, device=device, memory_budget=memory_budget
         )
-        self._targets = targets
+        skipped = skipped_weights(self.model, self.config, trace, targets)
+        self._targets = primaries
+        self._groups = groups
         self._sensitivities = sensitivities
-        for target in targets:
-            fake = FakePalettize(keep_padding_row_zero(target, results[target.qualified_name]))
-            fake.tensor_fqn = target.qualified_name
-            parametrize.register_parametrization(
-                target.module, target.state_name, fake, unsafe=True
+        for group in groups:
+            name = group.primary.qualified_name
+            fake = FakePalettize(padding_rows_zero(group, results[name]))
+            fake.tensor_fqn = name
+            for target in group.targets:  # tied weights: one parametrization, every name
+                parametrize.register_parametrization(
+                    target.module, target.state_name, fake, unsafe=True
+                )
+        if skipped:
+            warnings.warn(skipped_summary(skipped), stacklevel=2)
+        if not groups:
+            warnings.warn(
+                f"prepare palettized no weight of this {type(self.model).__name__}: the config "
+                f"resolves no weight that a palettizable op ({', '.join(SUPPORTED_OPS)}) or a "
+                f"module_state_spec reaches; see config.build_module_config_dict(model) and "
+                f"palettization.targets.resolve_weights(model, config)",
+                stacklevel=2,
             )
         self.model.register_buffer(PREPARED_MARK, torch.tensor(True), persistent=False)
         return self.model
 
     def _read_sensitivities(
-        self, path: str | Path, targets: list[WeightTarget]
+        self, path: str | Path, groups: list[SharedWeight]
     ) -> dict[str, torch.Tensor]:
-        """The file's sensitivities of palettized weights; a key naming no tensor of the model
-        is an error, one naming a tensor that is not palettized is ignored (coreai_opt files
-        hold every parameter)."""
+        """The file's sensitivities of palettized weights, keyed by each tensor's primary name
+        (a tied weight's may come under any of its names; two different ones are an error);
+        a key naming no tensor of the model is an error, one naming a tensor that is not
+        palettized is ignored (coreai_opt files hold every parameter)."""
         sensitivities = load_sensitivities(path)
-        known = {t.qualified_name for t in targets}
+        primary_of = {name: g.primary.qualified_name for g in groups for name in g.names}
         tensors = {n for n, _ in self.model.named_parameters(remove_duplicate=False)}
         tensors |= {n for n, _ in self.model.named_buffers(remove_duplicate=False)}
-        unknown = sorted(set(sensitivities) - known - tensors)
+        unknown = sorted(set(sensitivities) - set(primary_of) - tensors)
         if unknown:
             raise ValueError(
                 f"{path}: sensitivities for tensors the model does not have: {unknown[:5]}; "
-                f"palettized weights: {sorted(known)[:5]}"
+                f"palettized weights: {sorted(primary_of)[:5]}"
             )
-        ignored = sorted(set(sensitivities) - known)
+        ignored = sorted(set(sensitivities) - set(primary_of))
         if ignored:
             logger.info("%s: ignoring sensitivities of weights not palettized: %s", path, ignored)
-        return {name: s for name, s in sensitivities.items() if name in known}
+        chosen: dict[str, tuple[str, torch.Tensor]] = {}
+        for name, sensitivity in sensitivities.items():
+            primary = primary_of.get(name)
+            if primary is None:
+                continue
+            if primary in chosen and not torch.equal(chosen[primary][1], sensitivity):
+                raise ValueError(
+                    f"{path}: {chosen[primary][0]} and {name} are one (tied) tensor but their "
+                    f"sensitivities differ; give it one"
+                )
+            chosen[primary] = (name, sensitivity)
+        return {primary: sensitivity for primary, (_, sensitivity) in chosen.items()}
 
     def _fakes(self) -> list[FakePalettize]:
         return [t.module.parametrizations[t.state_name][0] for t in self._targets]
@@ -219,8 +261,8 @@ class KMeansPalettizer:
 
             self._sensitivities = all_reduce_sensitivities(collector.sensitivities)
         results = _cluster(self._targets, self._sensitivities, progress=True)
-        for target, fake in zip(self._targets, fakes, strict=True):
-            fake.update(keep_padding_row_zero(target, results[target.qualified_name]))
+        for group, fake in zip(self._groups, fakes, strict=True):
+            fake.update(padding_rows_zero(group, results[group.primary.qualified_name]))
 
     @contextmanager
     def training_mode(self) -> Iterator[KMeansPalettizer]:
@@ -261,18 +303,19 @@ class KMeansPalettizer:
         """Turn each scheduled weight's palettization on or off for the current step; the
         ones turning on are re-clustered from their current dense weights."""
         turning_on = []
-        for target, fake in zip(self._targets, self._fakes(), strict=True):
-            if target.pat_schedule is None:
+        for group, fake in zip(self._groups, self._fakes(), strict=True):
+            schedule = group.primary.pat_schedule
+            if schedule is None:
                 continue
-            enabled = target.pat_schedule._compute_state(self._step_count)
+            enabled = schedule._compute_state(self._step_count)
             if enabled and not fake.fake_palett_enabled:
-                turning_on.append((target, fake))
+                turning_on.append((group, fake))
             fake.enable_fake_palett(enabled)
         if turning_on:
-            targets = [target for target, _ in turning_on]
+            targets = [group.primary for group, _ in turning_on]
             results = _cluster(targets, self._sensitivities)
-            for target, fake in turning_on:
-                fake.update(keep_padding_row_zero(target, results[target.qualified_name]))
+            for group, fake in turning_on:
+                fake.update(padding_rows_zero(group, results[group.primary.qualified_name]))
 
     def save_sensitivities(self, path: str | Path) -> None:
         """Write the sensitivities in use (from `calibration_mode()` or `prepare`): ours for a
@@ -398,6 +441,27 @@ def keep_padding_row_zero(target: WeightTarget, palettized: PalettizedWeight) ->
         columns = slice(column_block * columns_per_block, (column_block + 1) * columns_per_block)
         indices[pad, columns] = code
     return dataclasses.replace(palettized, lut=lut, indices=indices)
+
+
+def padding_rows_zero(group: SharedWeight, palettized: PalettizedWeight) -> PalettizedWeight:
+    """`keep_padding_row_zero` for every name of one (possibly tied) tensor: an nn.Embedding
+    among its owners keeps its padding row zero for all of them."""
+    for target in group.targets:
+        palettized = keep_padding_row_zero(target, palettized)
+    return palettized
+
+
+def _check_weights_have_data(groups: list[SharedWeight]) -> None:
+    """Weights on the meta device have no values to cluster: a ValueError naming them."""
+    meta = [g.primary for g in groups if g.primary.tensor.is_meta]
+    if meta:
+        names = [f"{t.qualified_name} {list(t.tensor.shape)}" for t in meta[:5]]
+        more = f" and {len(meta) - 5} more" if len(meta) > 5 else ""
+        raise ValueError(
+            f"weights on the meta device have no values to palettize: {', '.join(names)}{more}; "
+            f"load the weights first (e.g. model.to_empty(device='cpu') then load_state_dict, "
+            f"or from_pretrained without a meta device map), then prepare"
+        )
 
 
 def is_prepared(model: nn.Module) -> bool:
