@@ -31,6 +31,18 @@ from coreai_opt_gpu.quantization.spec.spec import dtype_name
 LUT_DTYPES = ("int8", "uint8", "float8_e4m3fn", "float8_e5m2")
 
 
+def _not_a_bool(field: str, allowed: str):
+    """A before-validator refusing booleans: pydantic would read True as 1 (coreai_opt 0.3.0
+    accepts n_bits=True as 1 bit), which is a mistake, never a bit width."""
+
+    def check(value: object) -> object:
+        if isinstance(value, bool):
+            raise ValueError(f"{field} must be {allowed}, got {value!r} (a bool)")
+        return value
+
+    return BeforeValidator(check)
+
+
 class PalettizationSpec(CompressionSpec):
     """A weight becomes LUT[indices]: 2^n_bits centroids of `cluster_dim` values per block.
 
@@ -41,12 +53,12 @@ class PalettizationSpec(CompressionSpec):
     abs-max before clustering. training_strategy_spec: behaviour inside `training_mode()`.
     """
 
-    n_bits: Literal[1, 2, 3, 4, 6, 8] = 4
+    n_bits: Annotated[Literal[1, 2, 3, 4, 6, 8], _not_a_bool("n_bits", "1, 2, 3, 4, 6 or 8")] = 4
     lut_qspec: QuantizationSpec | None = None
     granularity: Annotated[PalettizationGranularity, BeforeValidator(granularity_from_data)] = (
         Field(default_factory=PerTensorGranularity)
     )
-    cluster_dim: PositiveInt = 1
+    cluster_dim: Annotated[PositiveInt, _not_a_bool("cluster_dim", "an integer >= 1")] = 1
     enable_per_channel_scale: bool = False
     training_strategy_spec: Annotated[
         TrainingStrategySpec, BeforeValidator(strategy_spec_from_data)
