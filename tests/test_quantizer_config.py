@@ -1,4 +1,5 @@
-"""Quantizer configs: defaults, precedence for inputs/outputs/states, round trip."""
+"""Quantizer configs: defaults, precedence for inputs/outputs/states, execution mode, QAT
+schedules, round trip."""
 
 import io
 
@@ -9,11 +10,14 @@ from torch import nn
 
 from coreai_opt_gpu.config import SpecSite, resolve_spec
 from coreai_opt_gpu.quantization import (
+    ExecutionMode,
     ModuleQuantizerConfig,
     OpQuantizerConfig,
+    QATSchedule,
     QuantizationSpec,
     QuantizerConfig,
 )
+from coreai_opt_gpu.quantization.config import KVCacheQuantConfig
 from coreai_opt_gpu.quantization.spec import (
     default_activation_quantization_spec,
     default_weight_quantization_spec,
@@ -88,12 +92,53 @@ def test_setters_chain_and_round_trip(tmp_path):
 def test_rejections():
     with pytest.raises(TypeError, match="marked final"):
         type("Custom", (QuantizerConfig,), {})
-    with pytest.raises(ValidationError, match="module_input_spec"):
-        ModuleQuantizerConfig(module_input_spec={"*": {"dtype": "int8"}})
     # quantizer op types are not restricted to the palettizer's (coreai_opt knows many more)
     assert "bmm" in ModuleQuantizerConfig(op_type_config={"bmm": None}).op_type_config
-    with pytest.raises(ValidationError, match="execution_mode"):
-        QuantizerConfig(execution_mode="eager")
-    assert QuantizerConfig(execution_mode="graph", preserved_attributes=None) == QuantizerConfig()
     with pytest.raises(ValidationError):
         ModuleQuantizerConfig(op_input_spec={"*": {"dtype": torch.float16}})
+    with pytest.raises(ValidationError, match="kv_cache_quant_configs"):
+        cache = KVCacheQuantConfig(
+            op_quantizer_config=OpQuantizerConfig(
+                op_input_spec={1: INT8}, op_output_spec=None, op_state_spec=None
+            )
+        )
+        QuantizerConfig(kv_cache_quant_configs={"cache_update": cache})
+    with pytest.raises(ValidationError, match="exactly one key"):
+        KVCacheQuantConfig(op_quantizer_config=OpQuantizerConfig(op_input_spec={"*": INT8}))
+
+
+def test_execution_mode_and_upstream_fields():
+    assert QuantizerConfig().execution_mode == ExecutionMode.GRAPH
+    eager = QuantizerConfig(execution_mode="eager", preserved_attributes=["labels"])
+    assert eager.execution_mode == ExecutionMode.EAGER and eager.preserved_attributes == ["labels"]
+    assert QuantizerConfig().set_execution_mode("eager").execution_mode == ExecutionMode.EAGER
+    with pytest.warns(DeprecationWarning, match="PT2E is deprecated"):
+        assert ExecutionMode.PT2E is ExecutionMode.GRAPH
+    with pytest.warns(DeprecationWarning, match="deprecated"):
+        assert QuantizerConfig(execution_mode="pt2e").execution_mode == ExecutionMode.GRAPH
+    with pytest.raises(ValidationError, match="Unknown execution_mode"):
+        QuantizerConfig(execution_mode="fast")
+    with pytest.raises(ValueError, match="Unknown execution_mode"):
+        QuantizerConfig().set_execution_mode("fast")
+    assert QuantizerConfig.from_dict(eager.to_dict()) == eager
+
+
+def test_module_boundary_specs_and_qat_schedule_round_trip():
+    schedule = QATSchedule(enable_observer=0, enable_fake_quant=10, disable_observer=20)
+    config = QuantizerConfig().set_module_name(
+        r"encoder",
+        ModuleQuantizerConfig(
+            module_input_spec={0: UINT8}, module_output_spec={"*": INT8}, qat_schedule=schedule
+        ),
+    )
+    data = config.to_dict()
+    module = data["quantization_config"]["module_name_configs"]["encoder"]
+    assert module["qat_schedule"] == {
+        "enable_observer": 0,
+        "enable_fake_quant": 10,
+        "disable_observer": 20,
+    }
+    assert QuantizerConfig.from_dict(data) == config
+    assert QuantizerConfig.from_yaml(io.StringIO(config.to_yaml())) == config
+    with pytest.raises(ValidationError, match="disable_observer"):
+        QATSchedule(enable_observer=3, disable_observer=2)

@@ -290,10 +290,18 @@ class RunningRangeMixin:
         super().__init__(*args, **kwargs)  # type: ignore[call-arg]
         self.register_buffer("running_min", torch.empty(0))  # type: ignore[attr-defined]
         self.register_buffer("running_max", torch.empty(0))  # type: ignore[attr-defined]
+        self._reseed = False
+
+    def reseed_on_next_observation(self) -> None:
+        """The next observed range replaces the running range instead of being folded into
+        it (the Quantizer calls this when calibration starts, so a range seeded by prepare's
+        example input does not linger); the stored parameters stay valid until then."""
+        self._reseed = True
 
     def _running_range(self, min_val: torch.Tensor, max_val: torch.Tensor) -> Range:
-        if self._initialized:  # type: ignore[attr-defined]
+        if self._initialized and not self._reseed:  # type: ignore[attr-defined]
             min_val, max_val = self.update_running_range(min_val, max_val)
+        self._reseed = False
         self.running_min, self.running_max = min_val.detach(), max_val.detach()
         return min_val, max_val
 

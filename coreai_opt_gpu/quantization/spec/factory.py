@@ -72,6 +72,7 @@ class QuantizationComponentFactory(CompressionComponentFactoryBase):
             "quant_min": spec.quant_min,
             "quant_max": spec.quant_max,
             "n_bits": spec.n_bits,
+            "spec": spec,
             **spec.get_extra_args(),
         }
 

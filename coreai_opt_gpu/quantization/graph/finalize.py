@@ -1,0 +1,275 @@
+"""Graph-mode finalize: every fake-quantize node becomes real quantization ops.
+
+Core AI (coreai-torch's ops, as coreai_opt's export):
+- a weight (fake quantizer reading a parameter) -> its codes, scale and zero point (or
+  minval) as buffers of the GraphModule and `coreai.constexpr_blockwise_shift_scale(codes,
+  scale, zero_point, minval, input_dtype)`; scales keep the weight's rank ([blocks per axis]),
+  e8m0 scales are stored as float8_e8m0fnu, float4 codes packed two per byte;
+- an activation -> `coreai.quantize(x, scale, dtype, zero_point=/minval=, axis=)` then
+  `coreai.dequantize(q, scale, ..., input_dtype=, output_dtype=)`, scales 0-D (per tensor) or
+  1-D (per channel).
+
+Torch: the same, with `coreai_opt_gpu.quantization.qdq`'s plain-PyTorch modules, so the model
+exports with `torch.export` and stores integer (or float8) codes.
+
+Dense weights that no node reads any more are replaced by empty tensors on the GraphModule.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import fx
+
+from coreai_opt_gpu.config.spec import CompressionTargetTensor
+from coreai_opt_gpu.export import ExportBackend
+from coreai_opt_gpu.quantization.graph.prepare import fake_quantize_nodes
+from coreai_opt_gpu.quantization.qdq import DequantizeTensor, QuantizedWeight, QuantizeTensor
+from coreai_opt_gpu.quantization.spec import PerBlockGranularity, PerChannelGranularity
+from coreai_opt_gpu.quantization.spec.fake_quantize import FakeQuantizeImplBase
+from coreai_opt_gpu.quantization.spec.scheme import QuantizationFormulation
+
+COREAI_EXTRA = "pip install 'coreai-opt-gpu[coreai]'"
+
+
+def coreai_ops() -> Any:
+    """torch.ops.coreai, registered by the optional coreai-torch package."""
+    try:
+        import coreai_torch._compression.custom_layers  # noqa: F401 - registers the ops
+    except ImportError as err:
+        raise ValueError(
+            f"backend=ExportBackend.CoreAI needs the optional coreai-torch package: {COREAI_EXTRA}"
+        ) from err
+    return torch.ops.coreai
+
+
+def resolve_attr(model: torch.nn.Module, target: str) -> torch.Tensor:
+    value: Any = model
+    for part in target.split("."):
+        value = getattr(value, part)
+    return value
+
+
+def _qparams(node: fx.Node, fake: FakeQuantizeImplBase) -> tuple[Any, Any, Any]:
+    if fake.is_stateless:
+        raise NotImplementedError(
+            f"fake quantizer {node.name} ({fake.tensor_fqn}) uses a dynamic qparams calculator "
+            f"(parameters recomputed at every forward), which finalize cannot store; evaluate "
+            f"the prepared model instead"
+        )
+    try:
+        scale, zero_point, minval = fake.calculate_qparams()
+    except RuntimeError as err:
+        raise RuntimeError(
+            f"fake quantizer {node.name} ({fake.tensor_fqn}) never observed a tensor: run "
+            f"calibration_mode (or a forward) over it before finalize"
+        ) from err
+    if fake.qformulation == QuantizationFormulation.ZP:
+        minval = None
+    else:
+        zero_point = None
+    return scale, zero_point, minval
+
+
+def _is_weight(node: fx.Node, fake: FakeQuantizeImplBase) -> bool:
+    source = node.args[0]
+    return (
+        fake.quantization_target == CompressionTargetTensor.WEIGHT
+        and isinstance(source, fx.Node)
+        and source.op == "get_attr"
+    )
+
+
+def _register(model: fx.GraphModule, name: str, tensor: torch.Tensor | None) -> str | None:
+    if tensor is None:
+        return None
+    model.register_buffer(name, tensor)
+    return name
+
+
+def _get_attr(model: fx.GraphModule, name: str | None) -> fx.Node | None:
+    return None if name is None else model.graph.get_attr(name)
+
+
+def pack_fp4(values: torch.Tensor) -> torch.Tensor:
+    """float4 (E2M1) values [..., 2n] -> coreai-torch's Float4Tensor (uint8 [..., n], low
+    nibble first; code = grid index | sign << 3)."""
+    from coreai_torch._compression._floatx import Float4Tensor
+
+    grid = torch.tensor([0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0])
+    magnitude = values.float().abs()
+    codes = (magnitude.unsqueeze(-1) == grid).float().argmax(-1).to(torch.uint8)
+    codes |= (torch.signbit(values.float()) & (magnitude > 0)).to(torch.uint8) << 3
+    if codes.shape[-1] % 2:
+        raise ValueError(f"float4 export needs an even last dimension, got {tuple(codes.shape)}")
+    return Float4Tensor((codes[..., 1::2] << 4) | codes[..., 0::2])
+
+
+def _coreai_weight(model: fx.GraphModule, node: fx.Node, fake: FakeQuantizeImplBase) -> None:
+    coreai = coreai_ops()
+    scale, zero_point, minval = _qparams(node, fake)
+    out_dtype = fake.export_dtype or torch.float32
+    source = node.args[0]
+    dense = resolve_attr(model, str(source.target)).detach()
+    codes = fake.quantize(dense, scale.float(), zero_point, minval)
+    scale = scale.to(out_dtype)
+    minval = None if minval is None else minval.to(out_dtype)
+    zero_point = None if zero_point is None else zero_point.to(fake.target_dtype)
+    kwargs = {}
+    if fake.dtype == torch.float4_e2m1fn_x2:
+        codes = pack_fp4(codes)
+    if fake.qparams_calculator.scale_dtype == torch.float8_e8m0fnu:
+        scale = scale.float().to(torch.float8_e8m0fnu)
+        kwargs["output_dtype"] = out_dtype
+    base = str(source.target).replace(".", "_")
+    names = [
+        _register(model, f"{base}_quantized", codes),
+        _register(model, f"{base}_scale", scale),
+        _register(model, f"{base}_zero_point", zero_point),
+        _register(model, f"{base}_minval", minval),
+    ]
+    input_dtype = None if fake.dtype.is_floating_point else fake.dtype
+    with model.graph.inserting_before(node):
+        args = (*(_get_attr(model, n) for n in names), input_dtype)
+        decoded = model.graph.call_function(coreai.constexpr_blockwise_shift_scale, args, kwargs)
+    node.replace_all_uses_with(decoded)
+
+
+def _activation_axis(node: fx.Node, fake: FakeQuantizeImplBase, backend: str) -> int | None:
+    granularity = fake.granularity
+    if isinstance(granularity, PerBlockGranularity):
+        raise ValueError(
+            f"{backend} export of activation {node.name}: per-block activation quantization "
+            f"has no 0-D/1-D scale; use per-tensor or per-channel, or ExportBackend.Torch"
+        )
+    if fake.dtype == torch.float4_e2m1fn_x2:
+        raise ValueError(f"{backend} export of activation {node.name}: float4 is not supported")
+    if isinstance(granularity, PerChannelGranularity):
+        value = node.args[0].meta.get("val")
+        rank = value.dim() if isinstance(value, torch.Tensor) else None
+        return granularity.resolved_axis(rank) if rank is not None else granularity.axis
+    return None
+
+
+def _coreai_activation(model: fx.GraphModule, node: fx.Node, fake: FakeQuantizeImplBase) -> None:
+    coreai = coreai_ops()
+    axis = _activation_axis(node, fake, "Core AI")
+    scale, zero_point, minval = _qparams(node, fake)
+    out_dtype = fake.export_dtype or torch.float32
+
+    def canonical(tensor: torch.Tensor | None) -> torch.Tensor | None:
+        if tensor is None:
+            return None
+        return tensor.reshape(()) if axis is None else tensor.reshape(-1)
+
+    scale = canonical(scale.to(out_dtype))
+    zero_point = canonical(None if zero_point is None else zero_point.to(fake.target_dtype))
+    minval = canonical(None if minval is None else minval.to(out_dtype))
+    if fake.qparams_calculator.scale_dtype == torch.float8_e8m0fnu:
+        scale = scale.float().to(torch.float8_e8m0fnu)
+    base = node.name
+    scale_name = _register(model, f"{base}_scale", scale)
+    zp_name = _register(model, f"{base}_zero_point", zero_point)
+    minval_name = _register(model, f"{base}_minval", minval)
+    with model.graph.inserting_before(node):
+        scale_node = _get_attr(model, scale_name)
+        offsets: dict[str, Any] = {}
+        if zp_name is not None:
+            offsets["zero_point"] = _get_attr(model, zp_name)
+        if minval_name is not None:
+            offsets["minval"] = _get_attr(model, minval_name)
+        if axis is not None:
+            offsets["axis"] = axis
+        quantized = model.graph.call_function(
+            coreai.quantize, (node.args[0], scale_node, fake.dtype), dict(offsets)
+        )
+        dequantize_kwargs = {"output_dtype": out_dtype, **offsets}
+        if not fake.dtype.is_floating_point:
+            dequantize_kwargs["input_dtype"] = fake.dtype
+        dequantized = model.graph.call_function(
+            coreai.dequantize, (quantized, scale_node), dequantize_kwargs
+        )
+    node.replace_all_uses_with(dequantized)
+
+
+def _torch_modules(
+    node: fx.Node, fake: FakeQuantizeImplBase
+) -> tuple[QuantizeTensor, DequantizeTensor]:
+    scale, zero_point, minval = _qparams(node, fake)
+    args = (scale, zero_point, minval, fake.quant_min, fake.quant_max, fake.dtype)
+    out_dtype = fake.export_dtype or torch.float32
+    quantize = QuantizeTensor(*args, formulation=fake.qformulation, storage_dtype=fake.target_dtype)
+    dequantize = DequantizeTensor(*args, formulation=fake.qformulation, output_dtype=out_dtype)
+    return quantize, dequantize
+
+
+def _torch_weight(model: fx.GraphModule, node: fx.Node, fake: FakeQuantizeImplBase) -> None:
+    source = node.args[0]
+    quantize, dequantize = _torch_modules(node, fake)
+    codes = quantize(resolve_attr(model, str(source.target)).detach())
+    name = f"{str(source.target).replace('.', '_')}_quantized"
+    model.add_module(name, QuantizedWeight(codes, dequantize))
+    with model.graph.inserting_before(node):
+        decoded = model.graph.call_module(name, ())
+    node.replace_all_uses_with(decoded)
+
+
+def _torch_activation(model: fx.GraphModule, node: fx.Node, fake: FakeQuantizeImplBase) -> None:
+    quantize, dequantize = _torch_modules(node, fake)
+    model.add_module(f"{node.name}_quantize", quantize)
+    model.add_module(f"{node.name}_dequantize", dequantize)
+    with model.graph.inserting_before(node):
+        codes = model.graph.call_module(f"{node.name}_quantize", (node.args[0],))
+        values = model.graph.call_module(f"{node.name}_dequantize", (codes,))
+    node.replace_all_uses_with(values)
+
+
+def _release_dense_weights(model: fx.GraphModule, targets: list[str]) -> None:
+    """Replace weights no get_attr node reads any more by empty tensors (memory freed; the
+    original model's tensors are not touched)."""
+    live = {str(n.target) for n in model.graph.nodes if n.op == "get_attr"}
+    for target in dict.fromkeys(targets):
+        if target in live:
+            continue
+        owner_path, _, name = target.rpartition(".")
+        owner = model.get_submodule(owner_path) if owner_path else model
+        old = getattr(owner, name)
+        empty = torch.empty(0, dtype=old.dtype, device=old.device)
+        if isinstance(old, torch.nn.Parameter):
+            setattr(owner, name, torch.nn.Parameter(empty, requires_grad=False))
+        else:
+            owner.register_buffer(name, empty)
+
+
+def finalize_graph(model: fx.GraphModule, backend: ExportBackend) -> fx.GraphModule:
+    """Replace every fake-quantize node of `model` in place (see the module docstring)."""
+    nodes = fake_quantize_nodes(model)
+    if backend == ExportBackend.CoreAI:
+        coreai_ops()
+        if not nodes:
+            raise ValueError(
+                "Quantizer.finalize(backend=CoreAI): the model contains no fake quantization "
+                "nodes to convert (the config quantized nothing)"
+            )
+        weight, activation = _coreai_weight, _coreai_activation
+    else:
+        weight, activation = _torch_weight, _torch_activation
+    for node, fake in nodes:
+        _qparams(node, fake)  # every quantizer is finalizable before the graph changes
+    dense = []
+    for node, fake in nodes:
+        if _is_weight(node, fake):
+            dense.append(str(node.args[0].target))
+            weight(model, node, fake)
+        else:
+            activation(model, node, fake)
+    targets = {str(node.target) for node, _ in nodes}
+    for node, _ in nodes:
+        model.graph.erase_node(node)
+    for target in targets:
+        delattr(model, target)
+    model.graph.eliminate_dead_code()
+    _release_dense_weights(model, dense)
+    model.recompile()
+    return model
