@@ -6,8 +6,9 @@ attribute name or "*"). coreai_opt palettizes a tensor only when a palettizable 
 conv*, conv_transpose*, multi_head_attention_forward) passes it, or through `module_state_spec`
 when the forward uses it at all; so an addressed weight of two or more dimensions stays dense
 when
-- only other functions use it (nn.Embedding, nn.EmbeddingBag, nn.Bilinear, nn.LSTM / nn.GRU,
-  torch.matmul / einsum / @ on a bare parameter, ...),
+- only other functions use it (nn.Embedding, nn.EmbeddingBag, nn.Bilinear, nn.LSTM / nn.GRU
+  (whose fused op takes its weights as a list), torch.matmul / einsum / @ on a bare
+  parameter, ...),
 - the forward of the example inputs does not use it, or no example inputs were given and its
   module is not a standard layer (functional uses are only found by a forward),
 - it is palettized already (a finalized model prepared again: left as it is, as coreai_opt
@@ -106,6 +107,11 @@ def _why(module: nn.Module, calls: list, trace: OpTrace) -> str:
         return (
             f"used only by {', '.join(functions)}, not a palettizable op ({PALETTIZABLE_NAMES}); "
             f"module_state_spec reaches it"
+        )
+    if trace.traced and isinstance(module, nn.RNNBase):
+        return (
+            f"{type(module).__name__} runs its weights in one fused op that takes them as a "
+            f"list (not a palettizable op)"
         )
     if trace.traced:
         return "not used by the forward of the example inputs"

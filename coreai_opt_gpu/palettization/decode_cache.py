@@ -4,9 +4,11 @@ Outside training, a `FakePalettize` weight depends only on its LUT, indices and 
 decoded form can be kept and served again. All of them share one least-recently-used cache of
 at most `decode_cache_budget()` bytes (decoded tensors on any device, counted at their size):
 
-- default `DEFAULT_BUDGET` (64 MiB): small models run their fake-palettized forward at the
-  speed of the plain layers, while an LLM-sized model keeps about one decoded layer, so its
-  resident memory after a forward stays near the dense-free prepared model's;
+- default `DEFAULT_BUDGET` (32 MiB): a small model (about 8M float32 parameters) runs its
+  fake-palettized forward at the speed of the plain layers after the first one; an LLM-sized
+  layer (4096 x 4096 in float32 is 64 MiB, in bf16 32 MiB) is decoded at each access, so the
+  resident memory after a forward stays at the prepared model's (measured in
+  tests/test_memory.py against coreai_opt, which never caches);
 - `COREAI_OPT_GPU_DECODE_CACHE_BYTES` (read on first use) or `set_decode_cache_budget(n)`
   change it; 0 turns caching off. Anything but an integer >= 0 is an error.
 
@@ -24,7 +26,7 @@ from typing import Any
 import torch
 
 BUDGET_ENV = "COREAI_OPT_GPU_DECODE_CACHE_BYTES"
-DEFAULT_BUDGET = 64 * 2**20
+DEFAULT_BUDGET = 32 * 2**20
 
 
 def _checked_budget(value: Any, what: str) -> int:

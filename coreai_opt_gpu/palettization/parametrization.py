@@ -4,7 +4,7 @@ The weight is decoded from the stored LUT and indices (and per-channel scale) th
 LUT-gather dequant op: the Triton kernel on CUDA, its numpy twin elsewhere, in the dense
 weight's dtype (any floating dtype; the LUT and scales stay float32 through model casts, see
 `precision`). Outside training mode the result depends only on those buffers and is kept in
-the process-wide decoded-weight cache (`decode_cache`, 64 MiB by default). In training mode
+the process-wide decoded-weight cache (`decode_cache`, 32 MiB by default). In training mode
 the spec's `TrainingStrategy` decides (default: the palettized weight stays frozen, no
 gradient reaches it); during calibration gradients reach the dense weight straight through.
 While a `PATSchedule` keeps palettization off, the dense weight passes through unchanged.
