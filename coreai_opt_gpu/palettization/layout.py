@@ -119,7 +119,13 @@ class PaletteLayout:
         return pieces[0] if len(pieces) == 1 else torch.cat(pieces)
 
     def write_indices(self, indices: torch.Tensor, start: int, codes: torch.Tensor) -> None:
-        """Store codes [B, N] of blocks start..start+B-1 into indices [V, C, T] (in place)."""
+        """Store codes [B, N] of blocks start..start+B-1 into indices [V, C, T] (in place).
+        With one block along axis 1 the block order is the index order: one flat copy (a
+        copy per block run into the grid view was 70x slower for an 11008x4096 weight)."""
+        if self.blocks_axis1 == 1 and indices.is_contiguous():
+            flat = indices.view(self.num_blocks, self.block_vectors)
+            flat[start : start + len(codes)].copy_(codes.reshape(len(codes), -1))
+            return
         g0, rows, g1, cols, taps, _ = self._grid()
         grid = indices.unflatten(0, (g0, rows)).unflatten(2, (g1, cols)).permute(0, 2, 1, 3, 4)
         offset = start
