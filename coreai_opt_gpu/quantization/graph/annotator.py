@@ -107,6 +107,7 @@ class Proposal:
     rank: tuple[int, ...]
     target: CompressionTargetTensor
     intrinsic: tuple[QuantizationScheme, tuple[float | None, float | None]] | None = None
+    boundary: bool = False  # a module_input_spec slot: quantizes what the module receives
 
 
 def _single_user(node: fx.Node) -> fx.Node | None:
@@ -348,7 +349,9 @@ class ConfigAnnotator(TorchaoQuantizer):
                 if found is not _NOT_FOUND and ops.is_floating(arg):
                     if found is not None:
                         _check_activation_axis(found, arg)
-                    proposals[(arg, n)] = Proposal(found, MODULE_SPEC_RANK, activation)
+                    proposals[(arg, n)] = Proposal(
+                        found, MODULE_SPEC_RANK, activation, boundary=True
+                    )
             for position, n in enumerate(boundary_outputs):
                 found = lookup(config.module_output_spec, [position])
                 if found is not _NOT_FOUND and ops.is_floating(n):
@@ -413,30 +416,49 @@ class ConfigAnnotator(TorchaoQuantizer):
             proposals[node] = Proposal(seed.spec, seed.rank, seed.target)
             for slot in (*seeds, *((a, node) for a in inputs if active((a, node))), node):
                 groups.union(seeds[0], slot)
-        # rank-preserving shape-only ops pass a quantized input's observer to their output
+        # rank-preserving shape-only ops: one observer for their input, output and readers
         for node in graph.nodes:
             if not ops.is_one_of(node, ops.PASSTHROUGH_OPS) or not node.all_input_nodes:
                 continue
-            upstream = self._upstream(node.all_input_nodes[0], proposals)
-            if upstream is not None and active(upstream) and ops.is_floating(node):
-                source = proposals[upstream]
-                proposals[node] = Proposal(source.spec, source.rank, source.target)
-                groups.union(upstream, node)
+            if not ops.is_floating(node):
+                continue
+            producer = node.all_input_nodes[0]
+            around = [(producer, node), node, *((node, user) for user in node.users)]
+            shape_only = ops.is_one_of(producer, (*ops.PASSTHROUGH_OPS, *ops.RANK_CHANGING_OPS))
+            if producer in proposals or shape_only:
+                around.insert(0, producer)
+            seeds = [slot for slot in around if active(slot)]
+            if not seeds:
+                continue
+            seed = min(seeds, key=lambda slot: proposals[slot].rank)
+            for slot in around:
+                # the op's output, and its input unless the producer's quantizer covers it
+                fill = slot is node or (slot == (producer, node) and not active(producer))
+                fill = fill or (slot is producer and not isinstance(slot, tuple))
+                if slot not in proposals and fill:
+                    source = proposals[seed]
+                    proposals[slot] = Proposal(source.spec, source.rank, source.target)
+                if active(slot):
+                    groups.union(seeds[0], slot)
         # each active input edge: with the producer's observer (through shape-only ops)
         by_producer: dict[fx.Node, list[tuple[fx.Node, fx.Node]]] = {}
         for slot in proposals:
             if not isinstance(slot, tuple) or not active(slot):
                 continue
             upstream = self._upstream(slot[0], proposals)
-            if upstream is not None and active(upstream):
+            joins = upstream is not None and active(upstream)
+            if joins and proposals[slot].boundary:  # a different spec: a quantizer of its own
+                joins = proposals[slot].spec == proposals[upstream].spec
+            if joins:
                 groups.union(upstream, slot)
             else:
                 by_producer.setdefault(slot[0], []).append(slot)
-        # consumers of one unquantized tensor with equal specs (states: every consumer)
+        # readers of one unquantized tensor whose specs torchao cannot tell apart (its
+        # implicit sharing, which coreai_opt relies on) share one quantizer
         for edges in by_producer.values():
             for i, edge in enumerate(edges):
                 for other in edges[:i]:
-                    if proposals[other].spec == proposals[edge].spec:
+                    if _sharing_key(proposals[other].spec) == _sharing_key(proposals[edge].spec):
                         groups.union(other, edge)
                         break
         return groups
@@ -576,6 +598,15 @@ class ConfigAnnotator(TorchaoQuantizer):
                     if arg in found.input_qspec_map
                 }
                 node.meta["quantization_annotation"] = found
+
+
+def _sharing_key(spec: QuantizationSpec) -> tuple[Any, ...]:
+    """What torchao compares before sharing two readers' observers: storage dtype, range,
+    symmetric or not, per tensor or the channel axis."""
+    granularity = spec.granularity
+    axis = granularity.axis if isinstance(granularity, PerChannelGranularity) else None
+    symmetric = spec.qscheme != QuantizationScheme.ASYMMETRIC
+    return (spec.target_dtype, spec.quant_min, spec.quant_max, symmetric, type(granularity), axis)
 
 
 def _rank(specs: OpSpecs, pattern: Pattern, index: Mapping[fx.Node, int]) -> tuple[int, ...]:

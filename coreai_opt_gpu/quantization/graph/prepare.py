@@ -55,10 +55,24 @@ def eval_modes(model: nn.Module) -> Iterator[None]:
             module.train(training)
 
 
+MODE_DEPENDENT_OPS = (
+    torch.ops.aten.dropout,
+    torch.ops.aten.feature_dropout,
+    torch.ops.aten.batch_norm,
+    torch.ops.aten._native_batch_norm_legit,
+    torch.ops.aten._native_batch_norm_legit_no_training,
+)
+
+
 def set_exported_mode(model: fx.GraphModule, training: bool) -> None:
     """Train or eval mode for an exported model: torchao rewrites its dropout / BatchNorm
-    ops, and every module's `training` flag follows."""
-    (move_exported_model_to_train if training else move_exported_model_to_eval)(model)
+    ops (skipped when the graph has none: the rewrite re-exports its patterns, seconds per
+    call), and every module's `training` flag follows."""
+    has_mode_ops = any(
+        getattr(n.target, "overloadpacket", None) in MODE_DEPENDENT_OPS for n in model.graph.nodes
+    )
+    if has_mode_ops:
+        (move_exported_model_to_train if training else move_exported_model_to_eval)(model)
     nn.Module.train(model, training)
 
 

@@ -180,6 +180,18 @@ class QParamsCalculatorBase(ClassRegistryMixin, nn.Module):
         return observed
 
 
+def _store(module: nn.Module, name: str, value: torch.Tensor) -> None:
+    """Keep `value` in buffer `name`: copied into the existing buffer when the element count
+    matches (its shape, set by the first tensor observed, stays; an observer shared across a
+    reshape sees several ranks), replaced otherwise."""
+    current = getattr(module, name)
+    value = value.detach()
+    if isinstance(current, torch.Tensor) and current.numel() == value.numel() and current.numel():
+        current.copy_(value.reshape(current.shape))
+    else:
+        setattr(module, name, value.clone())
+
+
 class StatefulQParamsCalculatorBase(QParamsCalculatorBase):
     """Keeps scale, zero_point and minval as buffers across forwards."""
 
@@ -201,11 +213,11 @@ class StatefulQParamsCalculatorBase(QParamsCalculatorBase):
             return self.scale, self.zero_point, self.minval
         low, high = self._running_range(*self._min_max(tensor))
         scale, zero_point, minval = self.compute_qparams(tensor, low, high)
-        self.scale = scale.detach()
+        _store(self, "scale", scale)
         if zero_point is not None:
-            self.zero_point = zero_point.detach()
+            _store(self, "zero_point", zero_point)
         if minval is not None:
-            self.minval = minval.detach()
+            _store(self, "minval", minval)
         self._initialized = True
         return scale, zero_point, minval
 
@@ -302,7 +314,8 @@ class RunningRangeMixin:
         if self._initialized and not self._reseed:  # type: ignore[attr-defined]
             min_val, max_val = self.update_running_range(min_val, max_val)
         self._reseed = False
-        self.running_min, self.running_max = min_val.detach(), max_val.detach()
+        _store(self, "running_min", min_val)  # type: ignore[arg-type]
+        _store(self, "running_max", max_val)  # type: ignore[arg-type]
         return min_val, max_val
 
     def compute_qparams(
