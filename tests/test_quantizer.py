@@ -439,3 +439,20 @@ def test_bits_per_weight_sizes_an_eager_quantized_model():
     # 128 weights at 4 bits + 16 fp32 scales + 16 fp32 biases, over 144 tensors' elements
     assert result.total_bits == 128 * 4 + 16 * 32 + 16 * 32
     assert OpQuantizerConfig().op_state_spec["weight"].granularity.axis == 0
+
+
+def test_eager_module_boundary_specs():
+    model = nn.Sequential(nn.Sequential(nn.Linear(8, 8), nn.Tanh()), nn.Linear(8, 4)).eval()
+    uint8 = QuantizationSpec(dtype="uint8", qscheme="asymmetric")
+    boundary = ModuleQuantizerConfig(module_input_spec={0: uint8}, module_output_spec={0: INT8})
+    config = QuantizerConfig.presets.w8().set_module_name("0", boundary)
+    quantizer = Quantizer(model, eager(config))
+    quantizer.prepare((torch.randn(4, 8),))
+    quantizers = model[0].activation_quantizers
+    assert quantizers.inputs["0"].dtype == torch.uint8 and quantizers.output.dtype == torch.int8
+    assert not hasattr(model[1], "activation_quantizers")  # w8: weights only
+    with pytest.raises(ValueError, match="by position"):
+        star = ModuleQuantizerConfig(module_input_spec={"*": uint8})
+        Quantizer(
+            nn.Sequential(nn.Linear(2, 2)), eager(QuantizerConfig().set_module_name("0", star))
+        ).prepare((torch.randn(1, 2),))

@@ -6,6 +6,8 @@ prepared model exactly: both compute the same float32 arithmetic."""
 
 from __future__ import annotations
 
+import io
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -100,6 +102,26 @@ def test_attention_projections_are_typed_by_their_function():
     }
     weights = read(Quantizer(Attend().eval(), config).prepare((torch.randn(2, 3, 8),)))
     assert list(weights) == ["proj_weight"]
+
+
+def test_integer_input_keys_and_their_yaml_spelling():
+    """op_input_spec={0: spec} names input 0 (YAML writes the key as "0"): the three linears'
+    data inputs (fc reads flatten, fc2 the first linear, head the add), nothing else."""
+    off = ModuleQuantizerConfig(op_state_spec=None, op_output_spec=None, op_input_spec=None)
+    config = QuantizerConfig(
+        global_config=off,
+        module_type_configs={
+            nn.Linear: ModuleQuantizerConfig(
+                op_state_spec=None, op_output_spec=None, op_input_spec={"0": UINT8}
+            )
+        },
+    )
+    assert 0 in config.module_type_configs["torch.nn.modules.linear.Linear"].op_input_spec
+    found = read(Quantizer(conv_net(), config).prepare((images(),)))
+    assert {name: spec.dtype for name, spec in found.items()} == {
+        "flatten": torch.uint8, "linear": torch.uint8, "add": torch.uint8,
+    }  # fmt: skip
+    assert QuantizerConfig.from_yaml(io.StringIO(config.to_yaml())) == config
 
 
 class Block(nn.Module):

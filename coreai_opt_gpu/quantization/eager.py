@@ -82,12 +82,17 @@ def weight_axis_resolved(spec: QuantizationSpec, op_type: str, name: str) -> Qua
 
 class ActivationQuantizers(nn.Module):
     """The fake quantizers (later: quantize/dequantize pairs) on a module's inputs, by
-    position, and on its first output; `quantize_inputs` / `quantize_output` apply them."""
+    position, and on its first output; the module's hooks call `quantize_inputs` /
+    `quantize_output`. Called itself it returns its argument: a container such as
+    nn.Sequential calls every child, this one included."""
 
     def __init__(self) -> None:
         super().__init__()
         self.inputs = nn.ModuleDict()
         self.output: nn.Module | None = None
+
+    def forward(self, x: Any) -> Any:
+        return x
 
     def quantize_inputs(self, module: nn.Module, args: tuple) -> tuple:
         if not len(self.inputs):
