@@ -15,6 +15,15 @@ budget), and projects one H100 for 32 such layers from these assumptions:
   compile report, docs/kernels.md), when that is longer than their bytes take;
 - each launch costs 20 us of host time (Python launcher and driver), each host sync 50 us.
 
+`--cluster` adds the command-line job on a LLaMA-70B-shaped checkpoint (80 layers: q/o
+8192 x 8192, k/v 1024 x 8192, gate/up 28672 x 8192, down 8192 x 28672; embedding and head
+128256 x 8192; bf16) on 8 GPUs (`torchrun ... palettize`): one 70B layer's ledger is
+recorded the same way, each rank's clustering is projected from it for the largest share
+`distributed.share_by_size` gives a rank, and the job's other steps, which the CLI runs one
+after another, at stated rates (`Cluster`): reading the shards (every rank, one disk),
+host-to-device copies, gathering the packed results on rank 0 (`gather_object`) and rank 0
+writing the output.
+
 `--write` replaces the projection section of docs/benchmarks.md. Figures are a projection,
 not a measurement; the measured CPU times of the same run are printed beside them.
 """
@@ -35,6 +44,7 @@ import torch
 from benchmarks.bench_engine import config_dict
 from benchmarks.bench_prepare import DecoderLayer
 from coreai_opt_gpu import ledger
+from coreai_opt_gpu.distributed import share_by_size
 from coreai_opt_gpu.engine.cluster import chunking
 from coreai_opt_gpu.palettization import KMeansPalettizer, KMeansPalettizerConfig
 
@@ -57,6 +67,41 @@ class Device:
 
 
 H100 = Device("H100 SXM (assumed)", hbm_bytes_per_s=3.35e12, sms=132)
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """What the multi-GPU projection assumes beside `Device` (one node, shared disk)."""
+
+    gpus: int = 8
+    disk_read_bytes_per_s: float = 7e9  # one NVMe drive (or page cache misses), all ranks
+    disk_write_bytes_per_s: float = 3e9  # rank 0 writes every output shard
+    host_to_device_bytes_per_s: float = 25e9  # pageable copies from memory-mapped shards
+    gather_bytes_per_s: float = 5e9  # gather_object: pickling + NCCL, received by rank 0
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A LLaMA-shaped checkpoint: decoder layer shapes, layer count, embedding/head."""
+
+    name: str
+    dim: int
+    inter: int
+    kv_dim: int
+    layers: int
+    vocab: int
+    bytes_per_value: int = 2  # bf16
+
+    def layer_weights(self) -> list[int]:
+        d, i, kv = self.dim, self.inter, self.kv_dim
+        return [d * d, kv * d, kv * d, d * d, i * d, i * d, d * i]
+
+    @property
+    def total_values(self) -> int:
+        return self.layers * sum(self.layer_weights()) + 2 * self.vocab * self.dim
+
+
+LLAMA_70B = Checkpoint("LLaMA-70B", dim=8192, inter=28672, kv_dim=1024, layers=80, vocab=128256)
 
 
 @dataclass(frozen=True)
@@ -112,9 +157,10 @@ def project(book: ledger.Ledger, device: Device, k: int, repeat: int = 1) -> Pro
     )
 
 
+FOUR_BIT = "4-bit, group_size 16, fast mode"
 CASES = {
-    # name -> (config, K, fast mode)
-    "4-bit, group_size 16, fast mode": (
+    # name -> (config, K)
+    FOUR_BIT: (
         lambda: KMeansPalettizerConfig.presets.w4(group_size=16),
         16,
     ),
@@ -130,19 +176,33 @@ def _exact(config: KMeansPalettizerConfig) -> KMeansPalettizerConfig:
     return config
 
 
-def decoder_layer(dim: int, inter: int, dtype: torch.dtype = torch.bfloat16) -> torch.nn.Module:
+def decoder_layer(
+    dim: int, inter: int, dtype: torch.dtype = torch.bfloat16, kv_dim: int | None = None
+) -> torch.nn.Module:
+    """A decoder layer's Linears (k/v of `kv_dim` outputs: grouped-query attention) with
+    Student-t(4) x 0.02 weights."""
     torch.manual_seed(0)
     layer = DecoderLayer(dim, inter).eval()
+    if kv_dim is not None:
+        layer.k_proj = torch.nn.Linear(dim, kv_dim, bias=False)
+        layer.v_proj = torch.nn.Linear(dim, kv_dim, bias=False)
     with torch.no_grad():
         for p in layer.parameters():
             p.copy_(torch.distributions.StudentT(4.0).sample(p.shape) * 0.02)
     return layer.to(dtype)
 
 
-def run_case(name: str, dim: int, inter: int, device: Device = H100, layers: int = 32) -> dict:
+def run_case(
+    name: str,
+    dim: int,
+    inter: int,
+    device: Device = H100,
+    layers: int = 32,
+    kv_dim: int | None = None,
+) -> dict:
     """Record one layer's prepare on the host path and project `layers` of them."""
     make_config, k = CASES[name]
-    model = decoder_layer(dim, inter)
+    model = decoder_layer(dim, inter, kv_dim=kv_dim)
     weights = sum(p.numel() for p in model.parameters())
     start = time.perf_counter()
     with ledger.record() as book, chunking("device"):
@@ -177,6 +237,69 @@ def table(rows: list[dict], device: Device, layers: int) -> str:
     return head + "\n".join(lines) + "\n"
 
 
+def project_cluster(
+    row: dict, checkpoint: Checkpoint, device: Device = H100, cluster: Cluster = Cluster()
+) -> dict:
+    """The CLI job on `cluster.gpus` ranks from one recorded layer (`run_case` row of a
+    layer of `checkpoint`'s shapes): seconds per step, run one after another as the job does.
+    Clustering scales the layer's projection to the largest rank's share of weights; the
+    embedding stays dense (w4 palettizes the head, a Linear, like a decoder Linear)."""
+    sizes = checkpoint.layer_weights() * checkpoint.layers + [checkpoint.vocab * checkpoint.dim]
+    owners = share_by_size(sizes, cluster.gpus)
+    largest = max(
+        sum(s for s, o in zip(sizes, owners, strict=True) if o == r) for r in range(cluster.gpus)
+    )
+    per_layer = row["projection"].total_s
+    clustered = sum(sizes)
+    out_bytes = clustered * 4.01 / 8 + checkpoint.vocab * checkpoint.dim * 2  # + embedding
+    steps = {
+        "read shards": checkpoint.total_values * checkpoint.bytes_per_value
+        / cluster.disk_read_bytes_per_s,
+        "host to device (largest share)": largest * checkpoint.bytes_per_value
+        / cluster.host_to_device_bytes_per_s,
+        "cluster (largest share)": per_layer * largest / row["weights_per_layer"],
+        "gather on rank 0": out_bytes * (cluster.gpus - 1) / cluster.gpus
+        / cluster.gather_bytes_per_s,
+        "write output (rank 0)": out_bytes / cluster.disk_write_bytes_per_s,
+    }
+    return {
+        "steps": steps,
+        "total_s": sum(steps.values()),
+        "largest_share": largest,
+        "clustered": clustered,
+        "out_bytes": out_bytes,
+        "one_gpu_cluster_s": per_layer * clustered / row["weights_per_layer"],
+    }
+
+
+def cluster_section(
+    row: dict, checkpoint: Checkpoint, device: Device = H100, cluster: Cluster = Cluster()
+) -> str:
+    """Markdown: the multi-GPU projection of `project_cluster`, its assumptions and steps."""
+    job = project_cluster(row, checkpoint, device, cluster)
+    lines = "\n".join(f"| {step} | {s:.2f} s |" for step, s in job["steps"].items())
+    return (
+        f"**Projection** (not a measurement) of `torchrun --nproc-per-node {cluster.gpus} -m "
+        f"coreai_opt_gpu palettize` on a {checkpoint.name}-shaped bf16 checkpoint "
+        f"({checkpoint.total_values / 1e9:.1f}B values, {checkpoint.layers} layers), 4-bit "
+        f"group_size 16, one node of {cluster.gpus} x {device.name}. Clustering from the ledger "
+        f"of one {checkpoint.name} decoder layer recorded at real shapes "
+        f"({row['weights_per_layer'] / 1e6:.0f}M weights, {row['bytes_per_weight']:.1f} "
+        f"bytes moved per weight; {row['cpu_s']:.0f} s on this CPU), for the largest rank's "
+        f"share ({job['largest_share'] / 1e9:.2f}B weights); disk "
+        f"{cluster.disk_read_bytes_per_s / 1e9:.0f} GB/s read, "
+        f"{cluster.disk_write_bytes_per_s / 1e9:.0f} GB/s write, host-to-device "
+        f"{cluster.host_to_device_bytes_per_s / 1e9:.0f} GB/s, gather "
+        f"{cluster.gather_bytes_per_s / 1e9:.0f} GB/s (assumed). The job runs these one after "
+        f"another:\n\n| step | projected |\n|---|---|\n{lines}\n"
+        f"| **total** | **{job['total_s']:.1f} s** |\n\n"
+        f"Clustering all {job['clustered'] / 1e9:.1f}B weights on one GPU would take "
+        f"{job['one_gpu_cluster_s']:.1f} s: on 8 GPUs the job is bound by reading "
+        f"{checkpoint.total_values * checkpoint.bytes_per_value / 1e9:.0f} GB and writing "
+        f"{job['out_bytes'] / 1e9:.0f} GB, not by clustering.\n"
+    )
+
+
 def machine() -> str:
     commit = subprocess.run(
         ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True
@@ -193,7 +316,7 @@ def machine() -> str:
     )
 
 
-def section(rows: list[dict], device: Device, layers: int) -> str:
+def section(rows: list[dict], device: Device, layers: int, extra: str = "") -> str:
     return (
         f"{MARK_START}\n"
         f"**Projection** (not a measurement) for one {device.name}, {layers} LLaMA-7B decoder "
@@ -201,7 +324,8 @@ def section(rows: list[dict], device: Device, layers: int) -> str:
         f"{device.launch_s * 1e6:.0f} us per launch, {device.sync_s * 1e6:.0f} us per sync, "
         f"{device.dependent_access_s * 1e6:.1f} us per dependent access of the latency-bound "
         f"kernels (see `benchmarks/cost_model.py`). Ledger recorded on the host path: "
-        f"{machine()}.\n\n{table(rows, device, layers)}{MARK_END}\n"
+        f"{machine()}.\n\n{table(rows, device, layers)}"
+        f"{chr(10) + extra if extra else ''}{MARK_END}\n"
     )
 
 
@@ -227,9 +351,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--write", action="store_true", help="update docs/benchmarks.md")
     parser.add_argument("--dim", type=int, default=4096)
     parser.add_argument("--inter", type=int, default=11008)
+    parser.add_argument(
+        "--cluster", action="store_true", help="add the LLaMA-70B job on 8 GPUs (minutes)"
+    )
     args = parser.parse_args(argv)
     rows = [run_case(name, args.dim, args.inter) for name in CASES]
-    text = section(rows, H100, 32)
+    extra = ""
+    if args.cluster:
+        big = LLAMA_70B
+        row = run_case(FOUR_BIT, big.dim, big.inter, layers=big.layers, kv_dim=big.kv_dim)
+        extra = cluster_section(row, big)
+    text = section(rows, H100, 32, extra)
     print(text)
     if args.write:
         write_section(text)

@@ -27,6 +27,7 @@ from coreai_opt_gpu.palettization import (
     PalettizationSpec,
 )
 from coreai_opt_gpu.palettization.finalize import PackedPalettize
+from coreai_opt_gpu.palettization.spec import PerGroupedChannelGranularity
 
 transformers = pytest.importorskip("transformers")
 ROOT = Path(__file__).resolve().parents[1]
@@ -328,15 +329,56 @@ def test_entry_point_is_declared():
     assert getattr(importlib.import_module(module), function) is main
 
 
-def test_tied_weights_are_palettized_under_each_name_like_prepare(tmp_path):
-    model_dir = save_tiny_llama(tmp_path / "tied", layers=1, tie_word_embeddings=True)
-    assert cli(model_dir, "--config", "w4", "--output", tmp_path / "out") == 0
+def test_tied_weights_are_clustered_once_and_stay_tied_on_load(tmp_path, monkeypatch):
+    model_dir = save_tiny_llama(
+        tmp_path / "tied", layers=1, tie_word_embeddings=True, pad_token_id=3
+    )
+    grouped = PerGroupedChannelGranularity(axis=0, group_size=16)  # what w4 gives lm_head
+    embedding = ModuleKMeansPalettizerConfig(
+        module_state_spec={"weight": PalettizationSpec(n_bits=4, granularity=grouped)}
+    )
+    config = KMeansPalettizerConfig.presets.w4().set_module_type(torch.nn.Embedding, embedding)
+    clustered = []
+    real = job_module.palettize_local
+    monkeypatch.setattr(
+        job_module,
+        "palettize_local",
+        lambda targets, *a, **k: clustered.extend(t.qualified_name for t in targets)
+        or real(targets, *a, **k),
+    )
+    config_path = tmp_path / "config.yaml"
+    config.to_yaml(config_path)
+    assert cli(model_dir, "--config", config_path, "--output", tmp_path / "out") == 0
+    assert "lm_head.weight" not in clustered and "model.embed_tokens.weight" in clustered
     report = json.loads((tmp_path / "out" / "palettization_report.json").read_text())
     assert report["tied_weights"] == {"lm_head.weight": "model.embed_tokens.weight"}
-    reference = python_finalized(model_dir, KMeansPalettizerConfig.presets.w4())
+    assert report["weights"]["lm_head.weight"]["tied_to"] == "model.embed_tokens.weight"
+    reference = python_finalized(model_dir, config)
+    assert not reference.lm_head.weight[3].any()  # the padding row, under both names
     assert_same_state(read_state_dict(tmp_path / "out"), reference.state_dict())
     fresh = transformers.AutoModelForCausalLM.from_config(
         transformers.AutoConfig.from_pretrained(model_dir)
     )
     load_palettized(tmp_path / "out", fresh)
     assert_same_state(fresh.state_dict(), reference.state_dict())
+    head, embed = fresh.lm_head, fresh.model.embed_tokens
+    assert head.parametrizations.weight[0] is embed.parametrizations.weight[0]  # still tied
+    assert head.parametrizations.weight.original is embed.parametrizations.weight.original
+    tokens = torch.randint(0, 128, (2, 10))
+    with torch.no_grad():
+        assert torch.equal(fresh(tokens).logits, reference(tokens).logits)
+
+
+def test_tied_weight_whose_owners_disagree_is_refused_like_prepare(tmp_path, capsys):
+    model_dir = save_tiny_llama(tmp_path / "tied", layers=1, tie_word_embeddings=True)
+    embedding = ModuleKMeansPalettizerConfig(
+        module_state_spec={"weight": PalettizationSpec(n_bits=4)}  # per tensor; lm_head: g16
+    )
+    config = KMeansPalettizerConfig.presets.w4().set_module_type(torch.nn.Embedding, embedding)
+    config_path = tmp_path / "config.yaml"
+    config.to_yaml(config_path)
+    with pytest.raises(ValueError, match="must agree") as caught:
+        python_finalized(model_dir, config)
+    assert cli(model_dir, "--config", config_path, "--output", tmp_path / "out") != 0
+    assert str(caught.value) in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

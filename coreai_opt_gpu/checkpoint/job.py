@@ -172,8 +172,9 @@ def palettize_checkpoint(options: JobOptions, group: Any = None) -> dict[str, An
         for number, shards in enumerate(rounds, 1):
             _fault("round-start", ranks.rank)
             targets = [b for s in shards for b in plan.by_shard[s.name]]
-            owners = share_by_size([b.info.numel for b in targets], ranks.world_size)
-            mine = [b for b, o in zip(targets, owners, strict=True) if o == ranks.rank]
+            groups = tie_groups(targets)  # a tied tensor's names go to one rank, together
+            owners = share_by_size([g[0].info.numel for g in groups], ranks.world_size)
+            mine = [g for g, o in zip(groups, owners, strict=True) if o == ranks.rank]
             names = f"{shards[0].name}" + (f" .. {shards[-1].name}" if len(shards) > 1 else "")
             on_unit = bar.update if ranks.world_size == 1 else None
             gathered = ranks.exchange(
@@ -281,47 +282,87 @@ def _signature(plan: _Plan) -> str:
     return repr((shards, [(b.name, str(b.target.spec)) for b in plan.binding.targets]))
 
 
+def tie_groups(targets: list[BoundTarget]) -> list[list[BoundTarget]]:
+    """Bound weights grouped by stored tensor, in order: a tied tensor's names (module order,
+    the first is the one clustered, as in `prepare`) form one group."""
+    groups: dict[str, list[BoundTarget]] = {}
+    for bound in targets:
+        groups.setdefault(bound.info.name, []).append(bound)
+    return list(groups.values())
+
+
 def _cluster_share(
-    mine: list[BoundTarget],
+    mine: list[list[BoundTarget]],
     options: JobOptions,
     device: torch.device,
     on_unit: Any,
 ) -> dict[str, WeightOutput]:
     """Load, cluster, pack and measure this rank's weights, `memory_budget` fp32 bytes at a
-    time."""
+    time. A tied tensor is clustered once, under its first name, and every name gets the same
+    entries (its padding row zero if any owner is an embedding with one), as `prepare` +
+    `finalize` give them."""
     outputs: dict[str, WeightOutput] = {}
     for unit in _units(mine, options.memory_budget):
-        tensors = _load(unit)
+        members = [b for group in unit for b in group]
+        tensors = _load(members)
         sensitivities = None
         if options.sensitivities is not None:
-            sensitivities = _load_named(options.sensitivities, [b.name for b in unit], True)
-        targets = {b.name: runtime_target(b, tensors[b.name]) for b in unit}
+            sensitivities = _tied_sensitivities(options.sensitivities, unit)
+        targets = {b.name: runtime_target(b, tensors[b.name]) for b in members}
         results = palettize_local(
-            list(targets.values()),
+            [targets[group[0].name] for group in unit],
             sensitivities,
             seed=options.seed,
             device=device,
             memory_budget=options.memory_budget,
         )
-        for bound in unit:
-            outputs[bound.name] = finalize_weight(targets[bound.name], results[bound.name])
-            outputs[bound.name].stats["shard"] = bound.info.shard
+        for group in unit:
+            palettized = results[group[0].name]
+            for bound in group:  # as `padding_rows_zero` does for a prepared tie
+                palettized = keep_padding_row_zero(targets[bound.name], palettized)
+            for bound in group:
+                outputs[bound.name] = finalize_weight(targets[bound.name], palettized)
+                outputs[bound.name].stats["shard"] = bound.info.shard
+                if bound is not group[0]:
+                    outputs[bound.name].stats["tied_to"] = group[0].name
         del tensors, targets, results
         if on_unit is not None:
-            on_unit(sum(b.info.numel for b in unit))
+            on_unit(sum(b.info.numel for b in members))
     return outputs
 
 
-def _units(targets: list[BoundTarget], budget: int) -> list[list[BoundTarget]]:
-    units: list[list[BoundTarget]] = []
+def _tied_sensitivities(
+    path: Path, unit: list[list[BoundTarget]]
+) -> dict[str, torch.Tensor] | None:
+    """The sensitivities of the unit's clustered weights, keyed by their first name; a tied
+    tensor's may be stored under any of its names (two different ones are an error)."""
+    names = [b.name for group in unit for b in group]
+    stored = _load_named(path, names, True)
+    chosen: dict[str, torch.Tensor] = {}
+    for group in unit:
+        found = [b.name for b in group if b.name in stored]
+        for other in found[1:]:
+            if not torch.equal(stored[other], stored[found[0]]):
+                raise CheckpointError(
+                    f"{path}: {found[0]} and {other} are one (tied) tensor but their "
+                    "sensitivities differ; store one of them"
+                )
+        if found:
+            chosen[group[0].name] = stored[found[0]]
+    return chosen
+
+
+def _units(groups: list[list[BoundTarget]], budget: int) -> list[list[list[BoundTarget]]]:
+    """Consecutive tie groups holding at most `budget` fp32 bytes (at least one group)."""
+    units: list[list[list[BoundTarget]]] = []
     used = 0
-    for bound in targets:
-        size = bound.info.numel * 4
+    for group in groups:
+        size = group[0].info.numel * 4
         if units and used + size <= budget:
-            units[-1].append(bound)
+            units[-1].append(group)
             used += size
         else:
-            units.append([bound])
+            units.append([group])
             used = size
     return units
 
@@ -352,12 +393,11 @@ def _load_named(
 
 
 def finalize_weight(target: WeightTarget, palettized: PalettizedWeight) -> WeightOutput:
-    """The finalized state_dict entries of one weight (as `prepare` installs it and
-    `finalize_torch` packs it) and its bits, relative MSE and SQNR (of the decoded weight in
-    the stored dtype)."""
+    """The finalized state_dict entries of one weight (`palettized` as `prepare` installs
+    it, padding rows already zero, packed as `finalize_torch` packs it) and its bits, relative
+    MSE and SQNR (of the decoded weight in the stored dtype)."""
     tensor = target.tensor
-    installed = keep_padding_row_zero(target, palettized)  # as prepare does
-    packed = PackedPalettize(FakePalettize(installed), tensor.dtype)
+    packed = PackedPalettize(FakePalettize(palettized), tensor.dtype)
     prefix = ".".join(p for p in (target.module_name, "parametrizations", target.state_name) if p)
     entries = [(f"{prefix}.original", torch.empty(0, dtype=tensor.dtype))]
     entries += [(f"{prefix}.0.{k}", v.detach().cpu()) for k, v in packed.state_dict().items()]

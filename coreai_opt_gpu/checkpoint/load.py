@@ -20,6 +20,7 @@ from coreai_opt_gpu.palettization.finalize import finalize_torch
 from coreai_opt_gpu.palettization.palettize import PalettizedWeight
 from coreai_opt_gpu.palettization.parametrization import FakePalettize
 from coreai_opt_gpu.palettization.targets import find_targets
+from coreai_opt_gpu.palettization.tied import shared_weights
 from coreai_opt_gpu.reference.packing import unpack_indices
 
 
@@ -48,7 +49,7 @@ def load_palettized(directory: str | Path, model: nn.Module) -> nn.Module:
     model on the meta device is refused when it has any.
 
     Each palettized weight becomes a `PackedPalettize` parametrization (as `finalize_torch`
-    makes it) and every tensor takes the stored dtype (load_state_dict with assign=True), so
+    makes it; a tied weight's names share one, and one empty original) and every tensor takes the stored dtype (load_state_dict with assign=True), so
     the model's state_dict equals the stored one.
     """
     directory = Path(directory)
@@ -57,32 +58,39 @@ def load_palettized(directory: str | Path, model: nn.Module) -> nn.Module:
         raise CheckpointError(f"{config_path}: not found; is {directory} a palettized output?")
     config = KMeansPalettizerConfig.from_yaml(config_path)
     state = read_state_dict(directory)
-    targets = find_targets(model, config)
+    groups = shared_weights(find_targets(model, config))
     installed = 0
-    for target in targets:
-        prefix = ".".join(
-            p for p in (target.module_name, "parametrizations", target.state_name) if p
-        )
+    for group in groups:
+        primary = group.primary
+        prefix = _prefix(primary)
         if f"{prefix}.0.packed" not in state:
             raise CheckpointError(
-                f"{directory}: no palettized entries for {target.qualified_name} "
+                f"{directory}: no palettized entries for {primary.qualified_name} "
                 f"({prefix}.0.packed missing); the model does not match the checkpoint"
             )
         original = state[f"{prefix}.original"]
-        palettized = _palettized_weight(target, state, prefix)
-        shape = tuple(target.tensor.shape)  # tied weights: each gets its own, as in prepare
-        placeholder = torch.empty(shape, dtype=original.dtype, device="meta")
-        if parametrize.is_parametrized(target.module, target.state_name):
-            raise CheckpointError(f"{target.qualified_name} is already parametrized")
-        setattr(target.module, target.state_name, nn.Parameter(placeholder, requires_grad=False))
-        parametrize.register_parametrization(
-            target.module, target.state_name, FakePalettize(palettized), unsafe=True
+        fake = FakePalettize(_palettized_weight(primary, state, prefix))
+        placeholder = nn.Parameter(
+            torch.empty(primary.tensor.shape, dtype=original.dtype, device="meta"),
+            requires_grad=False,
         )
+        for target in group.targets:  # tied weights: one parametrization, every name
+            if parametrize.is_parametrized(target.module, target.state_name):
+                raise CheckpointError(f"{target.qualified_name} is already parametrized")
+            setattr(target.module, target.state_name, placeholder)
+            parametrize.register_parametrization(
+                target.module, target.state_name, fake, unsafe=True
+            )
         installed += 1
     if not installed:
         raise CheckpointError(f"{directory}: the config palettizes no weight of this model")
     finalize_torch(model)
     model.load_state_dict(state, strict=True, assign=True)
+    for group in groups:  # assign gave each name its own empty original: share one again
+        first = group.targets[0]
+        original = first.module.parametrizations[first.state_name].original
+        for target in group.targets[1:]:
+            target.module.parametrizations[target.state_name].original = original
     still_meta = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
     if still_meta:
         raise CheckpointError(
@@ -90,6 +98,11 @@ def load_palettized(directory: str | Path, model: nn.Module) -> nn.Module:
             "build the model on a real device (e.g. AutoModelForCausalLM.from_config on CPU)"
         )
     return model
+
+
+def _prefix(target) -> str:
+    """`<module>.parametrizations.<state>`: where a weight's finalized entries live."""
+    return ".".join(p for p in (target.module_name, "parametrizations", target.state_name) if p)
 
 
 def _palettized_weight(target, state: dict[str, torch.Tensor], prefix: str) -> PalettizedWeight:

@@ -29,8 +29,10 @@ from coreai_opt_gpu.checkpoint.shards import (
     TensorInfo,
 )
 from coreai_opt_gpu.config.resolver import unmatched_module_keys
+from coreai_opt_gpu.config.trace import static_ops
 from coreai_opt_gpu.palettization.config import KMeansPalettizerConfig
 from coreai_opt_gpu.palettization.targets import WeightTarget, find_targets
+from coreai_opt_gpu.palettization.tied import check_owners_agree, shared_weights
 
 SKELETONS = ("auto", "hf", "generic")
 _CONV = {3: nn.Conv1d, 4: nn.Conv2d, 5: nn.Conv3d}
@@ -124,8 +126,8 @@ class BoundTarget:
 @dataclass(frozen=True)
 class Binding:
     """Weights to palettize in storage order, tied weights stored under another name (name ->
-    stored name; each is palettized under its own name, like `prepare` does) and config
-    entries that match no module of the skeleton."""
+    stored name; the job clusters a tied tensor once and writes it under every name, like
+    `prepare` + `finalize` do) and config entries that match no module of the skeleton."""
 
     targets: tuple[BoundTarget, ...]
     tied: dict[str, str]
@@ -142,7 +144,12 @@ def bind_targets(
     unmatched = tuple(str(k) for k in unmatched_module_keys(config, skeleton))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        found = find_targets(skeleton, config)
+        trace = static_ops(skeleton)
+        found = find_targets(skeleton, config, trace)
+    try:  # a tied tensor's owners must give it one spec, as prepare requires
+        check_owners_agree(shared_weights(found), skeleton, config, trace)
+    except ValueError as err:
+        raise CheckpointError(str(err)) from None
     for warning in caught:  # incompatible weights stay dense: say so, naming them
         warnings.warn(str(warning.message), stacklevel=2)
     stored = source.tensor_map()
