@@ -38,6 +38,10 @@ def test_cluster_projection_covers_every_step(benchmark):
     job = project_cluster(row, tiny)
     assert job["total_s"] == pytest.approx(sum(job["steps"].values()))
     assert 0 < job["steps"]["cluster (largest share)"] < job["one_gpu_cluster_s"]
+    layers_only = tiny.layers * sum(tiny.layer_weights())  # one GPU: the layers and the head
+    assert job["one_gpu_cluster_s"] == pytest.approx(
+        row["projection"].total_s * job["clustered"] / layers_only
+    )
     assert job["largest_share"] >= job["clustered"] / 8
     assert "torchrun --nproc-per-node 8" in cluster_section(row, tiny)
     benchmark.extra_info.update({"projected_s": job["total_s"]})

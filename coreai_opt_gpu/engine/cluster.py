@@ -50,14 +50,20 @@ def chunking(policy: str) -> Iterator[None]:
         _CHUNKING.pop()
 
 
+def chunks_like_device(on_device: bool) -> bool:
+    """Whether scalar blocks are chunked as the device path chunks them (the `chunking`
+    policy; "auto": when they are on the device)."""
+    policy = _CHUNKING[-1]
+    return policy == "device" or (policy == "auto" and on_device)
+
+
 def scalar_chunk_blocks(
     n: int, k: int, rounding_precision: int | None, weighted: bool, memory_budget: int | None,
     on_device: bool,
 ) -> int:  # fmt: skip
     """Blocks of n values per engine call: by working memory under the budget on the device,
     ~16M values on the host."""
-    policy = _CHUNKING[-1]
-    if policy == "device" or (policy == "auto" and on_device):
+    if chunks_like_device(on_device):
         budget = DEFAULT_ENGINE_BUDGET if memory_budget is None else memory_budget
         return max(1, budget // scalar_block_bytes(n, k, rounding_precision, weighted))
     return max(1, SCALAR_CHUNK_VALUES // n)

@@ -12,7 +12,7 @@ from tqdm.auto import tqdm
 
 from coreai_opt_gpu.backend import Backend, choose_backend
 from coreai_opt_gpu.engine import cluster_blocks
-from coreai_opt_gpu.engine.cluster import scalar_block_bytes
+from coreai_opt_gpu.engine.cluster import chunks_like_device, scalar_block_bytes
 from coreai_opt_gpu.engine.fast_mode import FP16_MAX
 from coreai_opt_gpu.engine.lut_quant import QuantizedLut, quantize_lut
 from coreai_opt_gpu.ops import lut_dequant
@@ -266,9 +266,9 @@ def blocks_per_call(
     memory (`cluster.scalar_block_bytes` per block) stays within min(memory_budget,
     HOST_WORKING_BYTES): measured on a 4096x4096 layer (4 bits, group 16), 16-32 blocks per
     call were also the fastest (0.86 s vs 1.54 s for all 256 at once). On the device the
-    engine chunks under `memory_budget` itself, so all blocks go in one call."""
-    probe = torch.empty(0, device=device)
-    if choose_backend(probe) == Backend.TRITON:
+    engine chunks under `memory_budget` itself, so all blocks go in one call (also under
+    `cluster.chunking("device")`, as the cost model records a device run)."""
+    if chunks_like_device(choose_backend(torch.empty(0, device=device)) == Backend.TRITON):
         return total
     budget = min(memory_budget, HOST_WORKING_BYTES)
     return max(1, min(total, budget // scalar_block_bytes(n, k, precision, weighted)))

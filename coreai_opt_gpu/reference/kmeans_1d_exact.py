@@ -51,11 +51,18 @@ class _PrefixSums:
 
 
 def _next_layer(sums: _PrefixSums, prev: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """D[k] and its argmins from D[k-1] [G, B+1], by batched divide and conquer."""
+    """D[k] and its argmins from D[k-1] [G, B+1], by batched divide and conquer.
+
+    Each step evaluates, for every open subproblem, its middle row i against every candidate
+    j, laid out flat ([T] = all candidates of all subproblems); what is constant per
+    subproblem (the prefix sums at i) is repeated rather than gathered. The arithmetic is
+    `_PrefixSums.cost`'s, in the same order, so results are bit for bit the kernel's."""
     g_count, width = prev.shape
     b = width - 1
     cur = np.zeros_like(prev)
     opt = np.zeros(prev.shape, dtype=np.int64)
+    flat_prev = prev.reshape(-1)
+    flat_w, flat_wx, flat_wxx = (a.reshape(-1) for a in (sums.w, sums.wx, sums.wxx))
     # open subproblems: rows i in [lo, hi] of block g, their best j lies in [olo, ohi]
     g = np.arange(g_count)
     lo, hi = np.ones(g_count, np.int64), np.full(g_count, b, np.int64)
@@ -63,14 +70,24 @@ def _next_layer(sums: _PrefixSums, prev: np.ndarray) -> tuple[np.ndarray, np.nda
     while g.size:
         mid = (lo + hi) // 2
         counts = np.minimum(mid, ohi) - olo + 1
-        starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-        task = np.repeat(np.arange(g.size), counts)
-        j = olo[task] + np.arange(task.size) - starts[task]
-        rows = g[task]
-        values = prev.take(rows * width + j) + sums.cost(rows, j, mid[task])
+        total = int(counts.sum())
+        starts = np.cumsum(counts) - counts
+        base = g * width
+        j = np.repeat(base + olo - starts, counts)  # [T] flat position of each candidate j
+        j += np.arange(total)
+        end = base + mid  # flat position of each subproblem's row i
+        s0 = np.repeat(flat_w.take(end), counts) - flat_w.take(j)
+        s1 = np.repeat(flat_wx.take(end), counts) - flat_wx.take(j)
+        s2 = np.repeat(flat_wxx.take(end), counts) - flat_wxx.take(j)
+        s0[s0 <= 0] = 1.0  # an empty run costs 0: s1 = s2 = 0
+        s1 *= s1
+        s1 /= s0
+        s2 -= s1
+        values = flat_prev.take(j)
+        values += np.maximum(s2, 0.0, out=s2)
         best = np.minimum.reduceat(values, starts)
-        position = np.where(values <= best[task], np.arange(task.size), task.size)
-        best_j = j[np.minimum.reduceat(position, starts)]  # leftmost argmin
+        position = np.where(values <= np.repeat(best, counts), np.arange(total), total)
+        best_j = j.take(np.minimum.reduceat(position, starts)) - base  # leftmost argmin
         cur[g, mid], opt[g, mid] = best, best_j
         left, right = lo <= mid - 1, mid + 1 <= hi
         g = np.concatenate([g[left], g[right]])
