@@ -11,8 +11,8 @@ run has one rank with one thread: the per-rank comparison (one GPU per rank rese
 extra_info: each run's palettizing seconds (from its report: loading, clustering, packing,
 gathering, writing; no interpreter start-up or skeleton build), opening seconds, wall
 seconds, weights/s, the speed-ups of 2 processes over the others, the CPU count and the load
-average. The projected 70B-on-8-GPUs time needs the GPU cost model
-(benchmarks/cost_model.py, another issue's); it is added when that model exists.
+average. The projected 70B-on-8-GPUs time comes from the GPU cost model:
+`python -m benchmarks.cost_model --cluster` (docs/benchmarks.md, GPU).
 """
 
 import json

@@ -31,6 +31,7 @@ not a measurement; the measured CPU times of the same run are printed beside the
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import os
 import platform
@@ -276,9 +277,14 @@ def project_cluster(
 def cluster_section(
     row: dict, checkpoint: Checkpoint, device: Device = H100, cluster: Cluster = Cluster()
 ) -> str:
-    """Markdown: the multi-GPU projection of `project_cluster`, its assumptions and steps."""
+    """Markdown: the multi-GPU projection of `project_cluster` beside the same job on one
+    GPU, its assumptions and steps."""
     job = project_cluster(row, checkpoint, device, cluster)
-    lines = "\n".join(f"| {step} | {s:.2f} s |" for step, s in job["steps"].items())
+    alone = project_cluster(row, checkpoint, device, dataclasses.replace(cluster, gpus=1))
+    lines = "\n".join(
+        f"| {step} | {s:.2f} s | {alone['steps'][step]:.2f} s |"
+        for step, s in job["steps"].items()
+    )
     longest = max(job["steps"], key=job["steps"].get)
     return (
         f"**Projection** (not a measurement) of `torchrun --nproc-per-node {cluster.gpus} -m "
@@ -293,11 +299,14 @@ def cluster_section(
         f"{cluster.disk_write_bytes_per_s / 1e9:.0f} GB/s write, host-to-device "
         f"{cluster.host_to_device_bytes_per_s / 1e9:.0f} GB/s, gather "
         f"{cluster.gather_bytes_per_s / 1e9:.0f} GB/s (assumed). The job runs these one after "
-        f"another:\n\n| step | projected |\n|---|---|\n{lines}\n"
-        f"| **total** | **{job['total_s']:.1f} s** |\n\n"
-        f"Clustering all {job['clustered'] / 1e9:.1f}B weights on one GPU would take "
-        f"{job['one_gpu_cluster_s']:.1f} s; on {cluster.gpus} GPUs the longest step is "
-        f"'{longest}' ({job['steps'][longest] / job['total_s']:.0%} of the total).\n"
+        f"another:\n\n| step | {cluster.gpus} GPUs | 1 GPU |\n|---|---|---|\n{lines}\n"
+        f"| **total** | **{job['total_s']:.1f} s** | **{alone['total_s']:.1f} s** |\n\n"
+        f"On {cluster.gpus} GPUs the longest step is '{longest}' "
+        f"({job['steps'][longest] / job['total_s']:.0%} of the total) and {cluster.gpus} GPUs "
+        f"take {job['total_s'] / alone['total_s']:.2f}x the time of one: at these rates "
+        f"clustering is a small part of the job, and gathering every result on rank 0 costs "
+        f"about what the other ranks save; what more GPUs add is room (each rank holds "
+        f"1/{cluster.gpus} of the weights).\n"
     )
 
 
