@@ -21,12 +21,20 @@ def lut_dequant(
     g0, g1, k, d = lut.shape
     block0 = np.arange(v) // (v // g0)  # [V]
     block1 = np.arange(c) // (c // g1)  # [C]
-    codes = indices.astype(np.int64)
-    gathered = lut.astype(np.float32)[
-        block0[:, None, None], block1[None, :, None], np.minimum(codes, k - 1)
-    ]  # [V, C, T, D]
-    gathered[codes >= k] = np.nan
-    out = gathered.transpose(0, 3, 1, 2).reshape(v * d, c, t)  # row = v * D + j
+    table = lut.astype(np.float32)
+    if indices.size and int(indices.max()) >= k:  # codes >= K decode to NaN: one extra entry
+        nan = np.full((g0, g1, 1, d), np.nan, np.float32)
+        table = np.concatenate([table, nan], 2)
+        indices = np.minimum(indices, k)
+    width = table.shape[2]
+    # flat entry of (block, code) is (block0 * G1 + block1) * width + code
+    base = (block0[:, None] * g1 + block1[None, :]) * width  # [V, C]
+    flat = indices.astype(np.intp) + base[:, :, None]  # [V, C, T]
+    planes = table.reshape(-1, d)  # [G0 * G1 * width, D]
+    if d == 1:
+        out = planes[:, 0].take(flat)  # [V, C, T]
+    else:
+        out = planes.take(flat, axis=0).transpose(0, 3, 1, 2).reshape(v * d, c, t)
     if row_scale is not None:
         out = out * row_scale.astype(np.float32)[:, None, None]
     return out

@@ -27,8 +27,24 @@ def pack_indices(indices: np.ndarray, n_bits: int) -> np.ndarray:
 
 
 def unpack_indices(packed: np.ndarray, n_bits: int, m: int) -> np.ndarray:
-    """[V, ceil(M * n_bits / 8)] uint8 -> [V, M] uint8 codes."""
+    """[V, ceil(M * n_bits / 8)] uint8 -> [V, M] uint8 codes.
+
+    n_bits dividing 8: each byte holds 8 / n_bits whole codes, split by shifts. Otherwise a
+    code spans at most two bytes: code m = ((byte_b | byte_b+1 << 8) >> s) & mask with
+    b, s = divmod(m * n_bits, 8)."""
     v = packed.shape[0]
-    bits = np.unpackbits(packed, axis=1, bitorder="little")[:, : m * n_bits]
-    weights = (1 << np.arange(n_bits)).astype(np.uint16)
-    return (bits.reshape(v, m, n_bits).astype(np.uint16) * weights).sum(-1).astype(np.uint8)
+    mask = (1 << n_bits) - 1
+    if n_bits == 8:
+        return np.ascontiguousarray(packed[:, :m])
+    if 8 % n_bits == 0:
+        per_byte = 8 // n_bits
+        codes = np.empty((v, packed.shape[1], per_byte), np.uint8)  # [V, bytes, 8 / n_bits]
+        for slot in range(per_byte):  # whole-array shifts: long inner loops
+            np.right_shift(packed, np.uint8(slot * n_bits), out=codes[:, :, slot])
+        codes &= np.uint8(mask)
+        return np.ascontiguousarray(codes.reshape(v, -1)[:, :m])
+    offsets = np.arange(m, dtype=np.int64) * n_bits
+    first, shift = offsets >> 3, (offsets & 7).astype(np.uint16)
+    wide = np.concatenate([packed, np.zeros((v, 1), np.uint8)], 1).astype(np.uint16)
+    window = wide[:, first] | (wide[:, first + 1] << np.uint16(8))  # [V, M]
+    return ((window >> shift) & np.uint16(mask)).astype(np.uint8)
