@@ -254,14 +254,14 @@ def project_cluster(
     per_layer = row["projection"].total_s / row["layers"]  # the row projects `layers`
     clustered = sum(sizes)
     out_bytes = clustered * 4.01 / 8 + checkpoint.vocab * checkpoint.dim * 2  # + embedding
+    read_bytes = checkpoint.total_values * checkpoint.bytes_per_value
+    share_bytes = largest * checkpoint.bytes_per_value
+    gathered_bytes = out_bytes * (cluster.gpus - 1) / cluster.gpus
     steps = {
-        "read shards": checkpoint.total_values * checkpoint.bytes_per_value
-        / cluster.disk_read_bytes_per_s,
-        "host to device (largest share)": largest * checkpoint.bytes_per_value
-        / cluster.host_to_device_bytes_per_s,
+        "read shards": read_bytes / cluster.disk_read_bytes_per_s,
+        "host to device (largest share)": share_bytes / cluster.host_to_device_bytes_per_s,
         "cluster (largest share)": per_layer * largest / row["weights_per_layer"],
-        "gather on rank 0": out_bytes * (cluster.gpus - 1) / cluster.gpus
-        / cluster.gather_bytes_per_s,
+        "gather on rank 0": gathered_bytes / cluster.gather_bytes_per_s,
         "write output (rank 0)": out_bytes / cluster.disk_write_bytes_per_s,
     }
     return {
@@ -282,8 +282,7 @@ def cluster_section(
     job = project_cluster(row, checkpoint, device, cluster)
     alone = project_cluster(row, checkpoint, device, dataclasses.replace(cluster, gpus=1))
     lines = "\n".join(
-        f"| {step} | {s:.2f} s | {alone['steps'][step]:.2f} s |"
-        for step, s in job["steps"].items()
+        f"| {step} | {s:.2f} s | {alone['steps'][step]:.2f} s |" for step, s in job["steps"].items()
     )
     longest = max(job["steps"], key=job["steps"].get)
     return (

@@ -343,8 +343,9 @@ def test_tied_weights_are_clustered_once_and_stay_tied_on_load(tmp_path, monkeyp
     monkeypatch.setattr(
         job_module,
         "palettize_local",
-        lambda targets, *a, **k: clustered.extend(t.qualified_name for t in targets)
-        or real(targets, *a, **k),
+        lambda targets, *a, **k: (
+            clustered.extend(t.qualified_name for t in targets) or real(targets, *a, **k)
+        ),
     )
     config_path = tmp_path / "config.yaml"
     config.to_yaml(config_path)

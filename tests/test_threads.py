@@ -31,15 +31,18 @@ def palettized_state(spec: PalettizationSpec, threads: int, fast: bool) -> dict:
         torch.set_num_threads(previous)
 
 
+GROUPED = {"type": "per_grouped_channel", "group_size": 16}
+
+
 @pytest.mark.parametrize(
     ("spec", "fast"),
     [
-        (PalettizationSpec(n_bits=4, granularity={"type": "per_grouped_channel", "group_size": 16}), True),
+        (PalettizationSpec(n_bits=4, granularity=GROUPED), True),
         (PalettizationSpec(n_bits=3, enable_per_channel_scale=True), False),
         (PalettizationSpec(n_bits=3, cluster_dim=2), False),
     ],
     ids=["scalar-fast-g16", "scalar-exact-scaled", "vector-cd2"],
-)  # fmt: skip
+)
 def test_results_are_independent_of_the_thread_count(spec, fast):
     one, two = palettized_state(spec, 1, fast), palettized_state(spec, 2, fast)
     assert one.keys() == two.keys()

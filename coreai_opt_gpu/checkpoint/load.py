@@ -49,8 +49,9 @@ def load_palettized(directory: str | Path, model: nn.Module) -> nn.Module:
     model on the meta device is refused when it has any.
 
     Each palettized weight becomes a `PackedPalettize` parametrization (as `finalize_torch`
-    makes it; a tied weight's names share one, and one empty original) and every tensor takes the stored dtype (load_state_dict with assign=True), so
-    the model's state_dict equals the stored one.
+    makes it; a tied weight's names share one, and one empty original) and every tensor takes
+    the stored dtype (load_state_dict with assign=True), so the model's state_dict equals the
+    stored one.
     """
     directory = Path(directory)
     config_path = directory / CONFIG_NAME
