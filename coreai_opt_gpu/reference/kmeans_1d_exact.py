@@ -7,12 +7,16 @@ divide and conquer in O(B log B); every block and every subproblem of a recursio
 evaluated in one vectorized step. Runs may be empty, so blocks with fewer distinct values than
 K come out exact (their unused LUT entries repeat the last centroid).
 
-This is the test oracle of the scalar engine and, on coarse bins, its initializer.
+This is the test oracle of the scalar engine and, on coarse bins, its initializer. Each layer
+runs in C when the compiled host path is available (`reference.native`, the same arithmetic),
+else in numpy (`_next_layer`).
 """
 
 from __future__ import annotations
 
 import numpy as np
+
+from coreai_opt_gpu.reference import native
 
 
 class _PrefixSums:
@@ -136,8 +140,14 @@ def _solve(sums: _PrefixSums, k: int) -> tuple[np.ndarray, np.ndarray]:
     rows = np.arange(g_count)[:, None]
     layer = sums.cost(rows, np.zeros((1, 1), np.int64), np.arange(b + 1)[None, :])
     argmins = []
+    step = _next_layer
+    if k > 1 and native.available():  # the same layer, compiled (bit for bit the same)
+
+        def step(sums: _PrefixSums, prev: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            return native.dp_layer(prev, sums.w, sums.wx, sums.wxx)
+
     for _ in range(1, k):
-        layer, opt = _next_layer(sums, layer)
+        layer, opt = step(sums, layer)
         argmins.append(opt)
     ends = np.full(g_count, b, np.int64)
     rows = np.arange(g_count)

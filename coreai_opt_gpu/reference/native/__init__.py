@@ -1,0 +1,118 @@
+"""A compiled host path for the one step of the exact 1-D DP that numpy runs slowly.
+
+`dp_layer(prev, sums)` computes one DP layer exactly as `kmeans_1d_exact._next_layer` does
+(the same float64 operations in the same order, `dp_layer.c`), in C: numpy needs about a dozen
+vectorized steps per layer, each over every candidate, which dominates per-tensor 8-bit layers
+(255 layers) on the CPU. The C source is built on first use with the system's C compiler
+(`$CC`, else `cc`) into a cache directory keyed by the source's hash, and loaded with ctypes.
+
+Dispatch: `available()` is False when `COREAI_OPT_GPU_NATIVE=0`, when no compiler is found or
+the build fails (the reason is kept in `unavailable_reason()`); callers then run numpy. Results
+are the same either way (tests/test_native_dp.py compares them bit for bit).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+NATIVE_ENV = "COREAI_OPT_GPU_NATIVE"
+CACHE_ENV = "COREAI_OPT_GPU_NATIVE_CACHE"
+SOURCE = Path(__file__).with_name("dp_layer.c")
+FLAGS = ["-O2", "-std=c99", "-fPIC", "-shared", "-ffp-contract=off", "-fno-fast-math"]
+
+_library: ctypes.CDLL | None = None
+_reason: str | None = None
+_loaded = False
+
+
+def _cache_dir() -> Path:
+    """`COREAI_OPT_GPU_NATIVE_CACHE`, else `$XDG_CACHE_HOME/coreai_opt_gpu`, else
+    `~/.cache/coreai_opt_gpu`."""
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV])
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "coreai_opt_gpu"
+
+
+def _build() -> ctypes.CDLL:
+    """Compile (once per source and flags, atomically) and load the library."""
+    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    if compiler is None:
+        raise RuntimeError("no C compiler (set CC, or install cc/gcc)")
+    source = SOURCE.read_bytes()
+    key = hashlib.sha256(source + " ".join([compiler, *FLAGS, sys.platform]).encode())
+    directory = _cache_dir()
+    directory.mkdir(parents=True, exist_ok=True)
+    target = directory / f"dp_layer-{key.hexdigest()[:16]}.so"
+    if not target.is_file():
+        with tempfile.TemporaryDirectory(dir=directory) as scratch:
+            built = Path(scratch) / target.name
+            done = subprocess.run(
+                [compiler, *FLAGS, str(SOURCE), "-o", str(built)],
+                capture_output=True,
+                text=True,
+            )
+            if done.returncode:
+                raise RuntimeError(f"{compiler} failed: {done.stderr.strip()[:500]}")
+            os.replace(built, target)  # atomic: another process may build the same file
+    library = ctypes.CDLL(str(target))
+    pointer = np.ctypeslib.ndpointer
+    library.dp_layer.argtypes = [
+        *[pointer(np.float64, flags="C_CONTIGUOUS")] * 4,
+        ctypes.c_int64,
+        ctypes.c_int64,
+        pointer(np.float64, flags="C_CONTIGUOUS"),
+        pointer(np.int64, flags="C_CONTIGUOUS"),
+    ]
+    library.dp_layer.restype = None
+    return library
+
+
+def _load() -> ctypes.CDLL | None:
+    global _library, _reason, _loaded
+    if not _loaded:
+        _loaded = True
+        try:
+            _library = _build()
+        except Exception as err:  # no compiler, a failed build, an unloadable file
+            _library, _reason = None, str(err)
+    return _library
+
+
+def available() -> bool:
+    """Whether the compiled DP layer runs (not disabled, built and loaded)."""
+    if os.environ.get(NATIVE_ENV, "1") == "0":
+        return False
+    return _load() is not None
+
+
+def unavailable_reason() -> str | None:
+    """Why the compiled DP layer is not available (None when it is, or was never tried)."""
+    if os.environ.get(NATIVE_ENV, "1") == "0":
+        return f"{NATIVE_ENV}=0"
+    return _reason
+
+
+def dp_layer(
+    prev: np.ndarray, w: np.ndarray, wx: np.ndarray, wxx: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """D[k] [G, B+1] float64 and its leftmost argmins [G, B+1] int64 from D[k-1] [G, B+1]
+    and the prefix sums of w, w*x, w*x^2 [G, B+1]. Requires `available()`."""
+    library = _load()
+    if library is None:
+        raise RuntimeError(f"the compiled DP layer is not available: {_reason}")
+    arrays = [np.ascontiguousarray(a, dtype=np.float64) for a in (prev, w, wx, wxx)]
+    g_count, width = arrays[0].shape
+    cur = np.zeros((g_count, width), np.float64)
+    opt = np.zeros((g_count, width), np.int64)
+    library.dp_layer(*arrays, g_count, width, cur, opt)
+    return cur, opt
