@@ -65,3 +65,9 @@ def test_without_a_compiler_it_is_unavailable_and_says_why(monkeypatch, tmp_path
     sums = problem(np.random.default_rng(0), 2, 50, ties=False)
     centroids, _ = exact.kmeans_1d_dp(sums.w, sums.wx, sums.wxx, 4)  # numpy runs instead
     assert centroids.shape == (2, 4)
+
+
+def test_an_invalid_switch_is_an_error_naming_it(monkeypatch):
+    monkeypatch.setenv(native.NATIVE_ENV, "yes")
+    with pytest.raises(ValueError, match="COREAI_OPT_GPU_NATIVE='yes' is not valid"):
+        native.available()

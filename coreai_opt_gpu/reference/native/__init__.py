@@ -88,18 +88,22 @@ def _load() -> ctypes.CDLL | None:
     return _library
 
 
+def _enabled() -> bool:
+    """`COREAI_OPT_GPU_NATIVE`: unset or 1 (use it when it builds), 0 (numpy only)."""
+    value = os.environ.get(NATIVE_ENV, "1")
+    if value not in ("0", "1"):
+        raise ValueError(f"{NATIVE_ENV}={value!r} is not valid; allowed: 0, 1 (or unset)")
+    return value == "1"
+
+
 def available() -> bool:
     """Whether the compiled DP layer runs (not disabled, built and loaded)."""
-    if os.environ.get(NATIVE_ENV, "1") == "0":
-        return False
-    return _load() is not None
+    return _enabled() and _load() is not None
 
 
 def unavailable_reason() -> str | None:
     """Why the compiled DP layer is not available (None when it is, or was never tried)."""
-    if os.environ.get(NATIVE_ENV, "1") == "0":
-        return f"{NATIVE_ENV}=0"
-    return _reason
+    return f"{NATIVE_ENV}=0" if not _enabled() else _reason
 
 
 def dp_layer(
