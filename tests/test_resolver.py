@@ -289,3 +289,13 @@ def test_single_site_resolution():
     cfg.global_config = ModuleKMeansPalettizerConfig(op_state_spec={"*": S2, "bias": None})
     assert resolve_spec(cfg, site(module_name="x", module_type=nn.Conv2d, name="bias")) is None
     assert resolve_spec(cfg, site(module_name="x", module_type=nn.Conv2d, op_type="matmul")) == S2
+
+
+def test_every_palettizable_op_is_an_interceptable_torch_function():
+    """The op trace records palettizable ops without building the interceptable set (it costs
+    ~20 ms on a process's first prepare); that is the same rule only while this holds."""
+    from coreai_opt_gpu.config.trace import PALETTIZABLE_OPS, _interceptable
+
+    assert PALETTIZABLE_OPS and set(PALETTIZABLE_OPS) <= _interceptable()
+    for func in PALETTIZABLE_OPS:  # function_name's shortcut gives torch's own base name
+        assert torch.overrides.resolve_name(func).rsplit(".", 1)[-1] == func.__name__
