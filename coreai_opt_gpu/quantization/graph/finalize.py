@@ -97,7 +97,7 @@ def pack_fp4(values: torch.Tensor) -> torch.Tensor:
     nibble first; code = grid index | sign << 3)."""
     from coreai_torch._compression._floatx import Float4Tensor
 
-    grid = torch.tensor([0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0])
+    grid = torch.tensor([0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0], device=values.device)
     magnitude = values.float().abs()
     codes = (magnitude.unsqueeze(-1) == grid).float().argmax(-1).to(torch.uint8)
     codes |= (torch.signbit(values.float()) & (magnitude > 0)).to(torch.uint8) << 3

@@ -17,6 +17,7 @@ where the value was not clamped, as in coreai_opt.
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from typing import Any
@@ -38,6 +39,15 @@ _FP4_MIDPOINTS = (0.25, 0.75, 1.25, 1.75, 2.5, 3.5, 5.0)
 _FLOAT8_NAMES = {torch.float8_e4m3fn: "float8_e4m3fn", torch.float8_e5m2: "float8_e5m2"}
 
 
+@functools.cache
+def _fp4_tables(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The FP4 midpoints and grid on `device`, copied there once (not at every call)."""
+    return (
+        torch.tensor(_FP4_MIDPOINTS, device=device),
+        torch.tensor(_FP4_GRID, device=device),
+    )
+
+
 def fp4_forward(tensor: torch.Tensor) -> torch.Tensor:
     """Round to the nearest FP4 E2M1 value (0, 0.5, 1, 1.5, 2, 3, 4, 6 and negatives), in fp32.
 
@@ -45,11 +55,11 @@ def fp4_forward(tensor: torch.Tensor) -> torch.Tensor:
     """
     x = tensor.float()
     magnitude = x.abs()
-    mids = torch.tensor(_FP4_MIDPOINTS, device=x.device)
+    mids, grid = _fp4_tables(x.device)
     code = torch.bucketize(magnitude, mids)  # a tie (== midpoint i) lands on code i
     tie = (code < len(_FP4_MIDPOINTS)) & (magnitude == mids[code.clamp(max=len(mids) - 1)])
     code = torch.where(tie & (code % 2 == 1), code + 1, code)
-    rounded = torch.tensor(_FP4_GRID, device=x.device)[code] * torch.sign(x)
+    rounded = grid[code] * torch.sign(x)
     rounded = torch.where(rounded == 0, torch.zeros_like(rounded), rounded)
     return torch.where(torch.isnan(x), x, rounded)
 
@@ -126,6 +136,7 @@ class FakeQuantizeImplBase(CompressionSimulatorBase):
         self.register_buffer("fake_quant_enabled", torch.tensor([1], dtype=torch.uint8))
         self.register_buffer("observer_enabled", torch.tensor([1], dtype=torch.uint8))
         self.register_buffer("_disabled", torch.tensor(False))
+        self._flags: dict[str, tuple[torch.Tensor, int, bool]] = {}  # see `_flag`
 
     # --- properties ----------------------------------------------------------------------------
 
@@ -197,7 +208,25 @@ class FakeQuantizeImplBase(CompressionSimulatorBase):
 
     def is_disabled(self) -> bool:
         """True once a tensor's shape did not fit the block size (the module passes through)."""
-        return bool(self._disabled.item())
+        return self._flag("_disabled")
+
+    def _flag(self, name: str) -> bool:
+        """The 0/1 buffer `name` as a bool, read from the device only when the buffer was
+        replaced or written since the last read (its version counter moves on every in-place
+        write: the toggles, load_state_dict, torchao's helpers), so a forward on CUDA does not
+        sync three times per quantizer. A write through `.data` bypasses the counter and is
+        not seen."""
+        buffer = getattr(self, name)
+        try:
+            version = buffer._version
+        except RuntimeError:  # an inference-mode tensor has no version counter
+            return bool(buffer.reshape(-1)[0])
+        flags = self.__dict__.setdefault("_flags", {})
+        cached = flags.get(name)
+        if cached is None or cached[0] is not buffer or cached[1] != version:
+            cached = (buffer, version, bool(buffer.reshape(-1)[0]))
+            flags[name] = cached
+        return cached[2]
 
     def set_export_mode(self, enabled: bool = True) -> None:
         self.qparams_calculator.set_export_mode(enabled)
@@ -300,11 +329,11 @@ class FakeQuantizeImplBase(CompressionSimulatorBase):
         self._disabled.fill_(True)
 
     def forward(self, tensor: torch.Tensor) -> torch.Tensor:
-        if self._disabled.item():
+        if self._flag("_disabled"):
             return tensor
         if self.export_dtype is None and tensor.is_floating_point():
             self.export_dtype = tensor.dtype  # what dequantized values are in after export
-        if int(self.observer_enabled[0]):
+        if self._flag("observer_enabled"):
             try:
                 with torch.no_grad():
                     scale, zero_point, minval = self.qparams_calculator(tensor.detach())
@@ -313,7 +342,7 @@ class FakeQuantizeImplBase(CompressionSimulatorBase):
                 return tensor
         else:
             scale, zero_point, minval = self.calculate_qparams()
-        if not int(self.fake_quant_enabled[0]):
+        if not self._flag("fake_quant_enabled"):
             return tensor
         return self._fake_quantize(tensor, scale, zero_point, minval)
 
