@@ -275,6 +275,35 @@ def test_cached_weights_leave_with_their_model(cache_budget):
     assert decode_cache.decode_cache_bytes() == 0
 
 
+def test_cached_weight_written_in_place_is_decoded_again(cache_budget):
+    cache_budget(2**20)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(32, 32)).eval()
+    KMeansPalettizer(model).prepare()
+    x = torch.randn(2, 32)
+    with torch.no_grad():
+        expected = model(x)
+        model[0].weight.mul_(0)  # writes the cached tensor itself
+        assert torch.equal(model(x), expected)  # decoded again from the LUT and indices
+
+
+def test_weight_decoded_under_inference_mode_still_serves_autograd(cache_budget):
+    cache_budget(2**20)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(32, 32)).eval()
+    palettizer = KMeansPalettizer(model)
+    palettizer.prepare()
+    x = torch.randn(2, 32)
+    with torch.inference_mode():
+        expected = model(x)
+    x.requires_grad_(True)
+    out = model(x)  # coreai_opt decodes afresh: this backward works there too
+    out.sum().backward()
+    assert x.grad is not None and torch.equal(out.detach(), expected)
+    with palettizer.training_mode():
+        model(x).sum().backward()
+
+
 @pytest.mark.parametrize("budget", [-1, True, 2.5, "64MiB"])
 def test_invalid_cache_budgets_are_errors(budget, cache_budget):
     with pytest.raises(ValueError, match="whole number of bytes >= 0"):

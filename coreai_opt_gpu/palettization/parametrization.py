@@ -175,11 +175,15 @@ class FakePalettize(KeepsPrecision, CompressionSimulatorBase):
         """
         if torch.compiler.is_compiling():
             return self._decode(dtype)
-        key = self._cache_key(dtype)
+        # a tensor decoded under inference_mode cannot serve autograd later, nor the reverse
+        key = (*self._cache_key(dtype), torch.is_inference_mode_enabled())
         decoded = CACHE.lookup(self, key)
+        if decoded is not None and _version(decoded) != self.__dict__.get("_decoded_version"):
+            decoded = None  # written in place since (e.g. `weight.mul_(0)` under no_grad)
         if decoded is None:
             decoded = self._decode(dtype)
             CACHE.store(self, key, decoded)
+            self.__dict__["_decoded_version"] = _version(decoded)
         return decoded
 
     def _decode(self, dtype: torch.dtype) -> torch.Tensor:
@@ -209,3 +213,11 @@ class FakePalettize(KeepsPrecision, CompressionSimulatorBase):
             f"n_bits={self.n_bits}, blocks={self.layout.num_blocks}, shape={self.layout.shape}, "
             f"strategy={type(self.training_strategy).__name__}"
         )
+
+
+def _version(tensor: torch.Tensor) -> int | None:
+    """The tensor's version counter (None for an inference-mode tensor, which has none)."""
+    try:
+        return tensor._version
+    except RuntimeError:
+        return None
