@@ -115,8 +115,20 @@ class PaletteLayout:
     def _read_runs(self, weight: torch.Tensor, start: int, stop: int) -> torch.Tensor:
         grid = self._grid_view(weight)
         n, d = self.block_vectors, self.cluster_dim
+        line = self._block_line(grid)
+        if line is not None:  # blocks along one axis only: one slice, one copy
+            return line[start:stop].reshape(stop - start, n, d)
         pieces = [grid[b0, lo:hi].reshape(hi - lo, n, d) for b0, lo, hi in self._runs(start, stop)]
         return pieces[0] if len(pieces) == 1 else torch.cat(pieces)
+
+    def _block_line(self, grid: torch.Tensor) -> torch.Tensor | None:
+        """The grid [G0, G1, ...] as [G, ...] in block order, a view, when blocks run along
+        one axis only (G0 or G1 is 1, as every palettization granularity gives); else None."""
+        if self.blocks_axis0 == 1:
+            return grid[0]
+        if self.blocks_axis1 == 1:
+            return grid[:, 0]
+        return None
 
     def write_indices(self, indices: torch.Tensor, start: int, codes: torch.Tensor) -> None:
         """Store codes [B, N] of blocks start..start+B-1 into indices [V, C, T] (in place).
@@ -128,6 +140,11 @@ class PaletteLayout:
             return
         g0, rows, g1, cols, taps, _ = self._grid()
         grid = indices.unflatten(0, (g0, rows)).unflatten(2, (g1, cols)).permute(0, 2, 1, 3, 4)
+        line = self._block_line(grid)
+        if line is not None:  # blocks along one axis only: one copy into a view
+            count = len(codes)
+            line[start : start + count].copy_(codes.reshape(count, rows, cols, taps))
+            return
         offset = start
         for b0, lo, hi in self._runs(start, start + len(codes)):
             count = hi - lo
