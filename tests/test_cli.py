@@ -18,6 +18,7 @@ from coreai_opt_gpu import ExportBackend
 from coreai_opt_gpu.checkpoint import job as job_module
 from coreai_opt_gpu.checkpoint import load_palettized, read_state_dict
 from coreai_opt_gpu.checkpoint.safetensors_io import TEMP_MARK
+from coreai_opt_gpu.checkpoint.shards import CheckpointError
 from coreai_opt_gpu.checkpoint.tiny import save_tiny_llama
 from coreai_opt_gpu.cli import load_config, main, parse_bytes
 from coreai_opt_gpu.palettization import (
@@ -368,6 +369,21 @@ def test_tied_weights_are_clustered_once_and_stay_tied_on_load(tmp_path, monkeyp
     tokens = torch.randint(0, 128, (2, 10))
     with torch.no_grad():
         assert torch.equal(fresh(tokens).logits, reference(tokens).logits)
+
+    # a checkpoint whose tied names hold different entries is refused, naming both
+    key = "lm_head.parametrizations.weight.0.lut"
+    index = json.loads((tmp_path / "out" / "model.safetensors.index.json").read_text())
+    shard = tmp_path / "out" / index["weight_map"][key]
+    from safetensors.torch import load_file
+
+    tensors = load_file(str(shard))
+    tensors[key] = tensors[key] + 1
+    save_file(tensors, str(shard), metadata={"format": "pt"})
+    other = transformers.AutoModelForCausalLM.from_config(
+        transformers.AutoConfig.from_pretrained(model_dir)
+    )
+    with pytest.raises(CheckpointError, match=r"lm_head\.weight are one \(tied\) tensor"):
+        load_palettized(tmp_path / "out", other)
 
 
 def test_tied_weight_whose_owners_disagree_is_refused_like_prepare(tmp_path, capsys):

@@ -143,6 +143,11 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
     prepared, prepared_config = model_and_config()
     KMeansPalettizer(prepared, prepared_config).prepare()  # inside the group: shared out
     record["prepared"] = {name: lut for name, lut in prepared.state_dict().items() if "lut" in name}
+    os.environ["COREAI_OPT_GPU_DISTRIBUTED"] = "0"  # opt out: each rank its own (other) model
+    local, local_config = model_and_config(seed=rank)
+    KMeansPalettizer(local, local_config).prepare()
+    record["local"] = {name: lut for name, lut in local.state_dict().items() if "lut" in name}
+    del os.environ["COREAI_OPT_GPU_DISTRIBUTED"]
     owners = share_by_size([t.tensor.numel() for t in targets], world)
     poisoned = next(t for t, o in zip(targets, owners, strict=True) if o == 1)
     with torch.no_grad():
@@ -203,6 +208,12 @@ def test_two_gloo_ranks_share_the_work_and_match_one_process(tmp_path, monkeypat
         assert all(torch.equal(r["prepared"][name], luts[name]) for r in records), name
     for name in luts:  # vector weights: one seed shared by rank 0, the same on every rank
         assert torch.equal(records[0]["prepared"][name], records[1]["prepared"][name]), name
+    for rank, record in enumerate(records):  # opted out: the rank's own model, clustered alone
+        own, own_config = model_and_config(seed=rank)
+        KMeansPalettizer(own, own_config).prepare()
+        for name, lut in own.state_dict().items():
+            if "lut" in name and not name.startswith("v"):
+                assert torch.equal(record["local"][name], lut), (rank, name)
     message, lost = records[0]["lost"]
     assert lost == [1] and "rank(s) [1] did not reach it" in message
     assert "waiting for rank 1" in message
@@ -246,3 +257,10 @@ def test_torchrun_rank_dies_then_resumes_to_the_single_process_output(tiny_model
 
     assert cli(*args, "--output", tmp_path / "one") == 0
     assert shard_bytes(out) == shard_bytes(tmp_path / "one")  # identical, vector ones too
+
+
+def test_invalid_distributed_switch_is_an_error(monkeypatch):
+    model, config = model_and_config()
+    monkeypatch.setenv("COREAI_OPT_GPU_DISTRIBUTED", "no")
+    with pytest.raises(ValueError, match="COREAI_OPT_GPU_DISTRIBUTED='no' is not valid"):
+        KMeansPalettizer(model, config).prepare()

@@ -69,14 +69,16 @@ from coreai_opt_gpu.checkpoint.skeleton import (
     bind_targets,
     build_skeleton,
     runtime_target,
+    state_prefix,
 )
 from coreai_opt_gpu.distributed import RankGroup, palettize_local, share_by_size
 from coreai_opt_gpu.palettization.config import KMeansPalettizerConfig
 from coreai_opt_gpu.palettization.finalize import PackedPalettize
 from coreai_opt_gpu.palettization.palettize import DEFAULT_MEMORY_BUDGET, PalettizedWeight
-from coreai_opt_gpu.palettization.palettizer import keep_padding_row_zero
+from coreai_opt_gpu.palettization.palettizer import padding_rows_zero
 from coreai_opt_gpu.palettization.parametrization import FakePalettize
 from coreai_opt_gpu.palettization.targets import WeightTarget
+from coreai_opt_gpu.palettization.tied import SharedWeight
 
 FAULT_ENV = "COREAI_OPT_GPU_FAULT"
 # other weight formats and this tool's own outputs are not copied from the input directory
@@ -317,18 +319,26 @@ def _cluster_share(
             memory_budget=options.memory_budget,
         )
         for group in unit:
-            palettized = results[group[0].name]
-            for bound in group:  # as `padding_rows_zero` does for a prepared tie
-                palettized = keep_padding_row_zero(targets[bound.name], palettized)
-            for bound in group:
-                outputs[bound.name] = finalize_weight(targets[bound.name], palettized)
-                outputs[bound.name].stats["shard"] = bound.info.shard
-                if bound is not group[0]:
-                    outputs[bound.name].stats["tied_to"] = group[0].name
+            first, owners = group[0], tuple(targets[b.name] for b in group)
+            tie = SharedWeight(owners[0], owners)
+            output = finalize_weight(owners[0], padding_rows_zero(tie, results[first.name]))
+            output.stats["shard"] = first.info.shard
+            outputs[first.name] = output
+            for bound, target in zip(group[1:], owners[1:], strict=True):  # same entries
+                outputs[bound.name] = _renamed(output, owners[0], target, first.name)
         del tensors, targets, results
         if on_unit is not None:
             on_unit(sum(b.info.numel for b in members))
     return outputs
+
+
+def _renamed(
+    output: WeightOutput, first: WeightTarget, target: WeightTarget, first_name: str
+) -> WeightOutput:
+    """A tied name's output: the first name's entries under its own prefix."""
+    old, new = state_prefix(first), state_prefix(target)
+    entries = tuple((new + key.removeprefix(old), value) for key, value in output.entries)
+    return WeightOutput(entries, {**output.stats, "tied_to": first_name})
 
 
 def _tied_sensitivities(
@@ -386,7 +396,8 @@ def _load_named(
     try:
         with safe_open(str(path), framework="pt") as handle:
             if present_only:
-                names = [n for n in names if n in set(handle.keys())]
+                held = set(handle.keys())
+                names = [n for n in names if n in held]
             return {name: handle.get_tensor(name) for name in names}
     except Exception as err:  # the file changed or vanished since it was opened
         raise CheckpointError(f"{path}: reading {names[:3]} failed: {err}") from None
@@ -398,7 +409,7 @@ def finalize_weight(target: WeightTarget, palettized: PalettizedWeight) -> Weigh
     MSE and SQNR (of the decoded weight in the stored dtype)."""
     tensor = target.tensor
     packed = PackedPalettize(FakePalettize(palettized), tensor.dtype)
-    prefix = ".".join(p for p in (target.module_name, "parametrizations", target.state_name) if p)
+    prefix = state_prefix(target)
     entries = [(f"{prefix}.original", torch.empty(0, dtype=tensor.dtype))]
     entries += [(f"{prefix}.0.{k}", v.detach().cpu()) for k, v in packed.state_dict().items()]
     decoded = packed(torch.empty(0, dtype=tensor.dtype, device=tensor.device))

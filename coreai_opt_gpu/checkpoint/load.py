@@ -14,6 +14,7 @@ from torch.nn.utils import parametrize
 
 from coreai_opt_gpu.checkpoint.rundir import CONFIG_NAME
 from coreai_opt_gpu.checkpoint.shards import INDEX_NAME, SINGLE_NAME, CheckpointError
+from coreai_opt_gpu.checkpoint.skeleton import state_prefix
 from coreai_opt_gpu.engine.lut_quant import QuantizedLut
 from coreai_opt_gpu.palettization.config import KMeansPalettizerConfig
 from coreai_opt_gpu.palettization.finalize import finalize_torch
@@ -63,12 +64,13 @@ def load_palettized(directory: str | Path, model: nn.Module) -> nn.Module:
     installed = 0
     for group in groups:
         primary = group.primary
-        prefix = _prefix(primary)
+        prefix = state_prefix(primary)
         if f"{prefix}.0.packed" not in state:
             raise CheckpointError(
                 f"{directory}: no palettized entries for {primary.qualified_name} "
                 f"({prefix}.0.packed missing); the model does not match the checkpoint"
             )
+        _check_tied_entries(directory, group, state)
         original = state[f"{prefix}.original"]
         fake = FakePalettize(_palettized_weight(primary, state, prefix))
         placeholder = nn.Parameter(
@@ -101,9 +103,21 @@ def load_palettized(directory: str | Path, model: nn.Module) -> nn.Module:
     return model
 
 
-def _prefix(target) -> str:
-    """`<module>.parametrizations.<state>`: where a weight's finalized entries live."""
-    return ".".join(p for p in (target.module_name, "parametrizations", target.state_name) if p)
+def _check_tied_entries(directory: Path, group, state: dict[str, torch.Tensor]) -> None:
+    """A tied tensor's names must hold the same entries (the job writes them so): otherwise
+    one name's LUT and indices would silently replace the other's when loading."""
+    first = state_prefix(group.primary)
+    keys = [k.removeprefix(first) for k in state if k.startswith(f"{first}.")]
+    for target in group.targets[1:]:
+        other = state_prefix(target)
+        for key in keys:
+            mine, theirs = state.get(f"{other}{key}"), state[f"{first}{key}"]
+            if mine is None or mine.shape != theirs.shape or not torch.equal(mine, theirs):
+                raise CheckpointError(
+                    f"{directory}: {group.primary.qualified_name} and {target.qualified_name} "
+                    f"are one (tied) tensor in this model but the checkpoint's {first}{key} and "
+                    f"{other}{key} differ; it was not written for this model's ties"
+                )
 
 
 def _palettized_weight(target, state: dict[str, torch.Tensor], prefix: str) -> PalettizedWeight:

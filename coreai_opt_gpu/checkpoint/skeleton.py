@@ -214,3 +214,9 @@ def runtime_target(bound: BoundTarget, tensor: torch.Tensor) -> WeightTarget:
     else:
         module._buffers[t.state_name] = tensor
     return dataclasses.replace(t, module=module)
+
+
+def state_prefix(target: WeightTarget) -> str:
+    """`<module>.parametrizations.<state>`: where a palettized weight's finalized entries
+    live in the state_dict."""
+    return ".".join(p for p in (target.module_name, "parametrizations", target.state_name) if p)

@@ -468,9 +468,22 @@ def is_prepared(model: nn.Module) -> bool:
     return hasattr(model, PREPARED_MARK)
 
 
+DISTRIBUTED_ENV = "COREAI_OPT_GPU_DISTRIBUTED"
+
+
 def _distributed() -> bool:
+    """Inside an initialized process group of several ranks, unless
+    `COREAI_OPT_GPU_DISTRIBUTED=0` (each rank then clusters its own model alone, as
+    coreai_opt does; e.g. FSDP or pipeline stages that hold different weights)."""
+    import os
+
     import torch.distributed as dist
 
+    value = os.environ.get(DISTRIBUTED_ENV, "1")
+    if value not in ("0", "1"):
+        raise ValueError(f"{DISTRIBUTED_ENV}={value!r} is not valid; allowed: 0, 1 (or unset)")
+    if value == "0":
+        return False
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
