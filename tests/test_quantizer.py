@@ -493,3 +493,17 @@ def test_forward_reads_its_toggles_only_when_they_change():
     assert torch.equal(fake(x), quantized)
     fake.fake_quant_enabled.data[0] = 0  # .data bypasses the version counter: the cache holds
     assert torch.equal(fake(x), quantized)
+
+
+@pytest.mark.parametrize("mode", ["graph", "eager"])
+def test_a_prepare_that_quantizes_nothing_warns(mode):
+    model = nn.Sequential(nn.Linear(8, 8)).eval()
+    misspelled = ModuleQuantizerConfig(
+        op_state_spec={"wieght": QuantizationSpec()}, op_input_spec=None, op_output_spec=None
+    )
+    config = QuantizerConfig(global_config=misspelled)
+    if mode == "eager":
+        config = config.set_execution_mode(ExecutionMode.EAGER)
+    quantizer = Quantizer(model, config)
+    with pytest.warns(UserWarning, match="prepare quantized nothing in this Sequential"):
+        quantizer.prepare((torch.randn(2, 8),))

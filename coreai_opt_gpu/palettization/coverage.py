@@ -50,6 +50,21 @@ def addresses(module_config: Any, name: str) -> str | None:
     return None
 
 
+def _is_palettization(layer: nn.Module) -> bool:
+    """A palettization parametrization of ours: fake (prepare), packed (Torch finalize) or
+    coreai-torch's layers (CoreAI finalize; only when coreai-torch is installed)."""
+    from coreai_opt_gpu.palettization.finalize import PackedPalettize
+    from coreai_opt_gpu.palettization.finalize_coreai import coreai_layers
+    from coreai_opt_gpu.palettization.parametrization import FakePalettize
+
+    if isinstance(layer, (FakePalettize, PackedPalettize)):
+        return True
+    try:
+        return isinstance(layer, coreai_layers())
+    except ValueError:  # coreai-torch is not installed: none of its layers can be here
+        return False
+
+
 def _palettization_modules(model: nn.Module) -> tuple[set[int], dict[int, list[tuple[str, str]]]]:
     """ids of modules inside parametrization lists; id(module) -> (state, class name) of each
     palettization parametrization on it."""
@@ -60,7 +75,7 @@ def _palettization_modules(model: nn.Module) -> tuple[set[int], dict[int, list[t
             continue
         for state, chain in module.parametrizations.items():
             inside.update(id(m) for m in chain.modules())
-            kinds = [type(p).__name__ for p in chain if "Palettiz" in type(p).__name__]
+            kinds = [type(p).__name__ for p in chain if _is_palettization(p)]
             if kinds:
                 palettized.setdefault(id(module), []).append((state, kinds[0]))
     return inside, palettized

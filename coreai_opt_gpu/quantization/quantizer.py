@@ -157,6 +157,15 @@ class Quantizer:
             prepared = self._quantizer.prepare(example_inputs, dynamic_shapes, export_with_no_grad)
         self._prepared = True
         self._module_to_fqs = self._quantizer.modules_to_fake_quantizers()
+        if not any(self._module_to_fqs.values()):
+            warnings.warn(
+                f"prepare quantized nothing in this {type(self._original).__name__}: the config "
+                "places no fake quantizer (check op_state_spec / module_state_spec tensor names, "
+                "op and module names and types; config.build_module_config_dict(model) shows "
+                "what each module gets)",
+                UserWarning,
+                stacklevel=2,
+            )
         for name, fakes in self._module_to_fqs.items():
             choice = choices.get(name)
             schedule = None if choice is None else choice.config.qat_schedule
