@@ -109,3 +109,7 @@ def test_block_ranges_read_and_write_like_the_whole(case):
         assert torch.equal(indices, layout.indices_from_blocks(codes)), step
     scale = torch.rand(shape[0]).reshape(-1, *([1] * (len(shape) - 1))).expand(shape)
     assert torch.equal(layout.read_blocks(scale, 0, g), layout.to_blocks(scale.contiguous()))
+    quotient = layout.to_blocks(weight / scale)
+    for start in range(g):  # weight / scale in one allocation: the same values
+        part = layout.read_scaled_blocks(weight, scale, start, g)
+        assert torch.equal(part, quotient[start:]), start

@@ -99,6 +99,19 @@ class PaletteLayout:
             for b0 in range(start // g1, (stop - 1) // g1 + 1)
         ]
 
+    def read_scaled_blocks(
+        self, weight: torch.Tensor, divisor: torch.Tensor, start: int, stop: int
+    ) -> torch.Tensor:
+        """Blocks start..stop-1 of weight / divisor (both [O, C, *kernel]; the divisor may be
+        an expanded per-row scale) as [stop - start, N, D], in one allocation: the quotient of
+        the two blocks' views."""
+        line_w = self._block_line(self._grid_view(weight))
+        line_s = self._block_line(self._grid_view(divisor))
+        if line_w is None or line_s is None:
+            return self.read_blocks(weight, start, stop) / self.read_blocks(divisor, start, stop)
+        quotient = line_w[start:stop] / line_s[start:stop]  # [B, rows, cols, T, D], contiguous
+        return quotient.reshape(stop - start, self.block_vectors, self.cluster_dim)
+
     def read_blocks(self, weight: torch.Tensor, start: int, stop: int) -> torch.Tensor:
         """Blocks start..stop-1 of `weight` [O, C, *kernel] as [stop - start, N, D]: a view
         when they lie contiguously in memory, else a copy of those blocks only."""

@@ -320,14 +320,11 @@ def _blocks(
 ) -> torch.Tensor:
     """Blocks start..stop-1 of the weight [B, N, D] (divided by its per-channel scale)."""
     weight = target.tensor.detach()
-    blocks = target.layout.read_blocks(weight, start, stop)
     if scale is None:
-        return blocks
+        return target.layout.read_blocks(weight, start, stop)
     shape = (-1, *([1] * (weight.dim() - 1)))
-    scale_blocks = target.layout.read_blocks(
-        scale.to(weight.dtype).reshape(shape).expand(weight.shape), start, stop
-    )
-    return blocks / scale_blocks
+    divisor = scale.to(weight.dtype).reshape(shape).expand(weight.shape)
+    return target.layout.read_scaled_blocks(weight, divisor, start, stop)
 
 
 def _sample_weights(
