@@ -339,3 +339,26 @@ def test_the_reference_reads_n_bits_true_as_one_bit():
     from coreai_opt.palettization.spec import PalettizationSpec as RefSpec
 
     assert RefSpec(n_bits=True).n_bits == 1
+
+
+@pytest.mark.parametrize(
+    "granularity",
+    [
+        {"type": "per_grouped_channel", "axis": 1, "group_size": 8},  # 4 blocks on the row
+        {"type": "per_grouped_channel", "axis": 0, "group_size": 16},
+        {"type": "per_tensor"},
+    ],
+    ids=["grouped-axis1", "grouped-axis0", "per-tensor"],
+)
+def test_padding_row_decodes_to_zero_in_every_block_it_touches(granularity):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Embedding(64, 32, padding_idx=5))
+    spec = PalettizationSpec(n_bits=3, granularity=granularity)
+    embedding = ModuleKMeansPalettizerConfig(module_state_spec={"weight": spec})
+    config = KMeansPalettizerConfig().set_module_type(nn.Embedding, embedding)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        KMeansPalettizer(model, config).prepare()
+    weight = model[0].weight
+    assert not weight[5].any()
+    assert weight[torch.arange(64) != 5].abs().sum(1).gt(0).all()  # the other rows are not

@@ -434,12 +434,11 @@ def keep_padding_row_zero(target: WeightTarget, palettized: PalettizedWeight) ->
     indices = palettized.indices.clone()  # [O, C, T]
     block_row = pad // (layout.vectors // layout.blocks_axis0)
     columns_per_block = layout.channels // layout.blocks_axis1
-    for column_block in range(layout.blocks_axis1):
-        g = block_row * layout.blocks_axis1 + column_block
-        code = int(lut[g, :, 0].abs().argmin())
-        lut[g, code, 0] = 0.0
-        columns = slice(column_block * columns_per_block, (column_block + 1) * columns_per_block)
-        indices[pad, columns] = code
+    blocks = block_row * layout.blocks_axis1 + torch.arange(layout.blocks_axis1, device=lut.device)
+    codes = lut[blocks, :, 0].abs().argmin(1)  # [B1]: each block's centroid nearest zero
+    lut[blocks, codes, 0] = 0.0
+    row = codes.repeat_interleave(columns_per_block).to(indices.device, indices.dtype)  # [C]
+    indices[pad] = row[:, None].expand_as(indices[pad])  # no readback per block
     return dataclasses.replace(palettized, lut=lut, indices=indices)
 
 
