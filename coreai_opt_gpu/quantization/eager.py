@@ -30,7 +30,12 @@ from coreai_opt_gpu.config.resolver import module_configs, resolve_states
 from coreai_opt_gpu.config.spec import CompressionTargetTensor
 from coreai_opt_gpu.config.trace import OpCall, static_ops, trace_ops
 from coreai_opt_gpu.export import ExportBackend
-from coreai_opt_gpu.quantization.qdq import DequantizeTensor, QuantizedWeight, QuantizeTensor
+from coreai_opt_gpu.quantization.export_params import (
+    coreai_activation_params,
+    coreai_weight_tensors,
+    torch_qdq_pair,
+)
+from coreai_opt_gpu.quantization.qdq import QuantizedWeight
 from coreai_opt_gpu.quantization.spec import (
     PerBlockGranularity,
     PerChannelGranularity,
@@ -38,7 +43,6 @@ from coreai_opt_gpu.quantization.spec import (
     QuantizationSpec,
 )
 from coreai_opt_gpu.quantization.spec.fake_quantize import FakeQuantizeImplBase
-from coreai_opt_gpu.quantization.spec.scheme import QuantizationFormulation
 
 QUANTIZED_MARK = "_coreai_opt_gpu_quantized"
 ACTIVATION_MODULES: tuple[type[nn.Module], ...] = (
@@ -366,32 +370,8 @@ class EagerQuantizer:
         return model
 
 
-def _qparams(fake: FakeQuantizeImplBase) -> tuple[Any, Any, Any]:
-    if fake.is_stateless:
-        raise NotImplementedError(
-            f"{fake.tensor_fqn}: a dynamic qparams calculator (recomputed every forward) "
-            f"cannot be finalized; evaluate the prepared model instead"
-        )
-    try:
-        scale, zero_point, minval = fake.calculate_qparams()
-    except RuntimeError as err:
-        raise RuntimeError(
-            f"{fake.tensor_fqn} never observed a tensor: run calibration_mode over it before "
-            f"finalize"
-        ) from err
-    if fake.qformulation == QuantizationFormulation.ZP:
-        return scale, zero_point, None
-    return scale, None, minval
-
-
-def _torch_pair(fake: FakeQuantizeImplBase) -> tuple[QuantizeTensor, DequantizeTensor]:
-    scale, zero_point, minval = _qparams(fake)
-    args = (scale, zero_point, minval, fake.quant_min, fake.quant_max, fake.dtype)
-    out = fake.export_dtype or torch.float32
-    return (
-        QuantizeTensor(*args, formulation=fake.qformulation, storage_dtype=fake.target_dtype),
-        DequantizeTensor(*args, formulation=fake.qformulation, output_dtype=out),
-    )
+def _where(fake: FakeQuantizeImplBase) -> str:
+    return f"fake quantizer of {fake.tensor_fqn}"
 
 
 def _coreai_builders() -> dict[str, type]:
@@ -420,27 +400,17 @@ def _finalize_weight(
     original = module.parametrizations[state].original
     dense = original.detach()
     if build is None:
-        quantize, dequantize = _torch_pair(fake)
+        quantize, dequantize = torch_qdq_pair(fake, _where(fake))
         replacement: nn.Module = QuantizedWeight(quantize(dense), dequantize)
     else:
-        from coreai_opt_gpu.quantization.graph.finalize import pack_fp4
-
-        scale, zero_point, minval = _qparams(fake)
-        out = fake.export_dtype or torch.float32
-        codes = fake.quantize(dense, scale.float(), zero_point, minval)
-        extra: dict[str, Any] = {}
-        if fake.dtype == torch.float4_e2m1fn_x2:
-            codes = pack_fp4(codes)
-        scale = scale.to(out)
-        if fake.qparams_calculator.scale_dtype == torch.float8_e8m0fnu:
-            scale, extra["output_dtype"] = scale.float().to(torch.float8_e8m0fnu), out
+        weight = coreai_weight_tensors(fake, dense, _where(fake))
         replacement = build["weight"](
-            quantized_data=codes,
-            scale=scale,
-            zero_point=None if zero_point is None else zero_point.to(fake.target_dtype),
-            minval=None if minval is None else minval.to(out),
-            input_dtype=None if fake.dtype.is_floating_point else fake.dtype,
-            **extra,
+            quantized_data=weight.codes,
+            scale=weight.scale,
+            zero_point=weight.zero_point,
+            minval=weight.minval,
+            input_dtype=weight.input_dtype,
+            **weight.extra,
         )
     parametrize.remove_parametrizations(module, state, leave_parametrized=False)
     empty = torch.empty(0, dtype=original.dtype, device=original.device)
@@ -450,27 +420,16 @@ def _finalize_weight(
 
 def _finalize_activation(fake: FakeQuantizeImplBase, build: dict[str, type] | None) -> nn.Module:
     if build is None:
-        return nn.Sequential(*_torch_pair(fake))
+        return nn.Sequential(*torch_qdq_pair(fake, _where(fake)))
     if isinstance(fake.granularity, PerBlockGranularity) or fake.dtype == torch.float4_e2m1fn_x2:
         raise ValueError(
             f"Core AI export of activation {fake.tensor_fqn}: per-block and float4 activation "
             f"quantization are not supported; use per-tensor / per-channel or ExportBackend.Torch"
         )
-    scale, zero_point, minval = _qparams(fake)
     out = fake.export_dtype or torch.float32
-    axis = 0
-    if isinstance(fake.granularity, PerChannelGranularity):
-        axis = fake.granularity.axis
-        scale, zero_point, minval = (
-            None if t is None else t.reshape(-1) for t in (scale, zero_point, minval)
-        )
-    else:
-        scale, zero_point, minval = (
-            None if t is None else t.reshape(()) for t in (scale, zero_point, minval)
-        )
-    scale = scale.to(out)
-    zero_point = None if zero_point is None else zero_point.to(fake.target_dtype)
-    minval = None if minval is None else minval.to(out)
+    axis = fake.granularity.axis if isinstance(fake.granularity, PerChannelGranularity) else None
+    scale, zero_point, minval = coreai_activation_params(fake, axis, _where(fake))
+    axis = 0 if axis is None else axis  # coreai-torch's modules take an axis either way
     quantize = build["quantize"](scale, fake.dtype, zero_point=zero_point, minval=minval, axis=axis)
     dequantize = build["dequantize"](
         scale,

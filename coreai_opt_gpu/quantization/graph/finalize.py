@@ -24,11 +24,16 @@ from torch import fx
 
 from coreai_opt_gpu.config.spec import CompressionTargetTensor
 from coreai_opt_gpu.export import ExportBackend
+from coreai_opt_gpu.quantization.export_params import (
+    coreai_activation_params,
+    coreai_weight_tensors,
+    finalize_qparams,
+    torch_qdq_pair,
+)
 from coreai_opt_gpu.quantization.graph.prepare import fake_quantize_nodes
 from coreai_opt_gpu.quantization.qdq import DequantizeTensor, QuantizedWeight, QuantizeTensor
 from coreai_opt_gpu.quantization.spec import PerBlockGranularity, PerChannelGranularity
 from coreai_opt_gpu.quantization.spec.fake_quantize import FakeQuantizeImplBase
-from coreai_opt_gpu.quantization.spec.scheme import QuantizationFormulation
 
 COREAI_EXTRA = "pip install 'coreai-opt-gpu[coreai]'"
 
@@ -52,24 +57,11 @@ def resolve_attr(model: torch.nn.Module, target: str) -> torch.Tensor:
 
 
 def _qparams(node: fx.Node, fake: FakeQuantizeImplBase) -> tuple[Any, Any, Any]:
-    if fake.is_stateless:
-        raise NotImplementedError(
-            f"fake quantizer {node.name} ({fake.tensor_fqn}) uses a dynamic qparams calculator "
-            f"(parameters recomputed at every forward), which finalize cannot store; evaluate "
-            f"the prepared model instead"
-        )
-    try:
-        scale, zero_point, minval = fake.calculate_qparams()
-    except RuntimeError as err:
-        raise RuntimeError(
-            f"fake quantizer {node.name} ({fake.tensor_fqn}) never observed a tensor: run "
-            f"calibration_mode (or a forward) over it before finalize"
-        ) from err
-    if fake.qformulation == QuantizationFormulation.ZP:
-        minval = None
-    else:
-        zero_point = None
-    return scale, zero_point, minval
+    return finalize_qparams(fake, _where(node, fake))
+
+
+def _where(node: fx.Node, fake: FakeQuantizeImplBase) -> str:
+    return f"fake quantizer {node.name} ({fake.tensor_fqn})"
 
 
 def _is_weight(node: fx.Node, fake: FakeQuantizeImplBase) -> bool:
@@ -92,36 +84,13 @@ def _get_attr(model: fx.GraphModule, name: str | None) -> fx.Node | None:
     return None if name is None else model.graph.get_attr(name)
 
 
-def pack_fp4(values: torch.Tensor) -> torch.Tensor:
-    """float4 (E2M1) values [..., 2n] -> coreai-torch's Float4Tensor (uint8 [..., n], low
-    nibble first; code = grid index | sign << 3)."""
-    from coreai_torch._compression._floatx import Float4Tensor
-
-    grid = torch.tensor([0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0], device=values.device)
-    magnitude = values.float().abs()
-    codes = (magnitude.unsqueeze(-1) == grid).float().argmax(-1).to(torch.uint8)
-    codes |= (torch.signbit(values.float()) & (magnitude > 0)).to(torch.uint8) << 3
-    if codes.shape[-1] % 2:
-        raise ValueError(f"float4 export needs an even last dimension, got {tuple(codes.shape)}")
-    return Float4Tensor((codes[..., 1::2] << 4) | codes[..., 0::2])
-
-
 def _coreai_weight(model: fx.GraphModule, node: fx.Node, fake: FakeQuantizeImplBase) -> None:
     coreai = coreai_ops()
-    scale, zero_point, minval = _qparams(node, fake)
-    out_dtype = fake.export_dtype or torch.float32
     source = node.args[0]
     dense = resolve_attr(model, str(source.target)).detach()
-    codes = fake.quantize(dense, scale.float(), zero_point, minval)
-    scale = scale.to(out_dtype)
-    minval = None if minval is None else minval.to(out_dtype)
-    zero_point = None if zero_point is None else zero_point.to(fake.target_dtype)
-    kwargs = {}
-    if fake.dtype == torch.float4_e2m1fn_x2:
-        codes = pack_fp4(codes)
-    if fake.qparams_calculator.scale_dtype == torch.float8_e8m0fnu:
-        scale = scale.float().to(torch.float8_e8m0fnu)
-        kwargs["output_dtype"] = out_dtype
+    weight = coreai_weight_tensors(fake, dense, _where(node, fake))
+    codes, scale, zero_point, minval = weight.codes, weight.scale, weight.zero_point, weight.minval
+    kwargs, input_dtype = weight.extra, weight.input_dtype
     base = str(source.target).replace(".", "_")
     names = [
         _register(model, f"{base}_quantized", codes),
@@ -129,7 +98,6 @@ def _coreai_weight(model: fx.GraphModule, node: fx.Node, fake: FakeQuantizeImplB
         _register(model, f"{base}_zero_point", zero_point),
         _register(model, f"{base}_minval", minval),
     ]
-    input_dtype = None if fake.dtype.is_floating_point else fake.dtype
     with model.graph.inserting_before(node):
         args = (*(_get_attr(model, n) for n in names), input_dtype)
         decoded = model.graph.call_function(coreai.constexpr_blockwise_shift_scale, args, kwargs)
@@ -155,19 +123,8 @@ def _activation_axis(node: fx.Node, fake: FakeQuantizeImplBase, backend: str) ->
 def _coreai_activation(model: fx.GraphModule, node: fx.Node, fake: FakeQuantizeImplBase) -> None:
     coreai = coreai_ops()
     axis = _activation_axis(node, fake, "Core AI")
-    scale, zero_point, minval = _qparams(node, fake)
+    scale, zero_point, minval = coreai_activation_params(fake, axis, _where(node, fake))
     out_dtype = fake.export_dtype or torch.float32
-
-    def canonical(tensor: torch.Tensor | None) -> torch.Tensor | None:
-        if tensor is None:
-            return None
-        return tensor.reshape(()) if axis is None else tensor.reshape(-1)
-
-    scale = canonical(scale.to(out_dtype))
-    zero_point = canonical(None if zero_point is None else zero_point.to(fake.target_dtype))
-    minval = canonical(None if minval is None else minval.to(out_dtype))
-    if fake.qparams_calculator.scale_dtype == torch.float8_e8m0fnu:
-        scale = scale.float().to(torch.float8_e8m0fnu)
     base = node.name
     scale_name = _register(model, f"{base}_scale", scale)
     zp_name = _register(model, f"{base}_zero_point", zero_point)
@@ -196,12 +153,7 @@ def _coreai_activation(model: fx.GraphModule, node: fx.Node, fake: FakeQuantizeI
 def _torch_modules(
     node: fx.Node, fake: FakeQuantizeImplBase
 ) -> tuple[QuantizeTensor, DequantizeTensor]:
-    scale, zero_point, minval = _qparams(node, fake)
-    args = (scale, zero_point, minval, fake.quant_min, fake.quant_max, fake.dtype)
-    out_dtype = fake.export_dtype or torch.float32
-    quantize = QuantizeTensor(*args, formulation=fake.qformulation, storage_dtype=fake.target_dtype)
-    dequantize = DequantizeTensor(*args, formulation=fake.qformulation, output_dtype=out_dtype)
-    return quantize, dequantize
+    return torch_qdq_pair(fake, _where(node, fake))
 
 
 def _torch_weight(model: fx.GraphModule, node: fx.Node, fake: FakeQuantizeImplBase) -> None:
