@@ -34,11 +34,11 @@ def assign_update_launch(n: int, k: int) -> AssignUpdateLaunch:
 def _assign_update_kernel(
     x_ptr,  # [G, N, D] float32
     centroids_ptr,  # [P, K, D] float32, P = G * R
-    weights_ptr,  # [G, N] float32 (unused when HAS_WEIGHTS is False)
+    weights_ptr,  # [G, N, D] float32, per component (unused when HAS_WEIGHTS is False)
     codes_ptr,  # [P, N] uint8
     distances_ptr,  # [P, N] float32
     sums_ptr,  # [P, CHUNKS, K, D] float32: this program's weighted member sums
-    counts_ptr,  # [P, CHUNKS, K] float32
+    counts_ptr,  # [P, CHUNKS, K, D] float32: their weights ([P, CHUNKS, K, 1] unweighted)
     N,
     K,
     R,
@@ -48,8 +48,9 @@ def _assign_update_kernel(
     HAS_WEIGHTS: tl.constexpr,  # sample weights loaded only when given
     BLOCK_N: tl.constexpr,
 ):
-    """dist[n, k] = sum_d (x[n, d] - c[k, d])^2 (fp32, d in order); code = first argmin;
-    partial sums over this program's BLOCK_N vectors: sums[k, d] = sum w x[n, d] [code = k]."""
+    """dist[n, k] = sum_d w[n, d] (x[n, d] - c[k, d])^2 (fp32, d in order; w = 1 unweighted);
+    code = first argmin; partial sums over this program's BLOCK_N vectors:
+    sums[k, d] = sum w[n, d] x[n, d] [code = k], counts[k, d] = sum w[n, d] [code = k]."""
     p = tl.program_id(0).to(tl.int64)
     chunk = tl.program_id(1).to(tl.int64)
     block = p // R
@@ -58,27 +59,36 @@ def _assign_update_kernel(
     n_mask, k_mask = n < N, k < K
     x_row = x_ptr + block * N * D
     c_row = centroids_ptr + p * K * D
+    w_row = weights_ptr + block * N * D
     dist = tl.zeros([BLOCK_N, K_PAD], tl.float32)
     for d in range(D):
         xd = tl.load(x_row + n * D + d, mask=n_mask, other=0.0).to(tl.float32)
         cd = tl.load(c_row + k * D + d, mask=k_mask, other=0.0).to(tl.float32)
         diff = xd[:, None] - cd[None, :]
-        dist += diff * diff
+        if HAS_WEIGHTS:
+            wd = tl.load(w_row + n * D + d, mask=n_mask, other=0.0).to(tl.float32)
+            dist += (diff * diff) * wd[:, None]
+        else:
+            dist += diff * diff
     dist = tl.where(k_mask[None, :], dist, float("inf"))
     code = tl.argmin(dist, axis=1, tie_break_left=True)  # [BLOCK_N]
     best = tl.min(dist, axis=1)
     tl.store(codes_ptr + p * N + n, code.to(tl.uint8), mask=n_mask)
     tl.store(distances_ptr + p * N + n, best, mask=n_mask)
-    if HAS_WEIGHTS:
-        w = tl.load(weights_ptr + block * N + n, mask=n_mask, other=0.0).to(tl.float32)
-    else:
-        w = tl.where(n_mask, 1.0, 0.0)
-    member = tl.where((code[:, None] == k[None, :]) & n_mask[:, None], w[:, None], 0.0)
+    member = tl.where((code[:, None] == k[None, :]) & n_mask[:, None], 1.0, 0.0)
     out = (p * CHUNKS + chunk) * K
-    tl.store(counts_ptr + out + k, tl.sum(member, axis=0), mask=k_mask)
+    if not HAS_WEIGHTS:  # one count per centroid, the same for every component
+        tl.store(counts_ptr + out + k, tl.sum(member, axis=0), mask=k_mask)
     for d in range(D):
         xd = tl.load(x_row + n * D + d, mask=n_mask, other=0.0).to(tl.float32)
-        tl.store(sums_ptr + (out + k) * D + d, tl.sum(member * xd[:, None], axis=0), mask=k_mask)
+        if HAS_WEIGHTS:
+            wd = tl.load(w_row + n * D + d, mask=n_mask, other=0.0).to(tl.float32)
+            weighted = member * wd[:, None]
+            tl.store(counts_ptr + (out + k) * D + d, tl.sum(weighted, axis=0), mask=k_mask)
+            total = tl.sum(weighted * xd[:, None], axis=0)
+        else:
+            total = tl.sum(member * xd[:, None], axis=0)
+        tl.store(sums_ptr + (out + k) * D + d, total, mask=k_mask)
 
 
 def assign_update(
@@ -96,7 +106,8 @@ def assign_update(
     codes = torch.empty((p, n), dtype=torch.uint8, device=device)
     distances = torch.empty((p, n), dtype=torch.float32, device=device)
     sums = torch.zeros((p, chunks, k, d), dtype=torch.float32, device=device)
-    counts = torch.zeros((p, chunks, k), dtype=torch.float32, device=device)
+    counted = d if weights is not None else 1  # unweighted: one count for every component
+    counts = torch.zeros((p, chunks, k, counted), dtype=torch.float32, device=device)
     if n:
         w = weights.to(torch.float32).contiguous() if weights is not None else x
         _assign_update_kernel[(p, chunks)](
@@ -106,7 +117,7 @@ def assign_update(
             BLOCK_N=launch.block_n, num_warps=launch.num_warps,
             enable_fp_fusion=False,  # distances summed as the twin sums them (no FMA)
         )  # fmt: skip
-    return codes, distances, sums.double().sum(1), counts.double().sum(1)
+    return codes, distances, sums.double().sum(1), counts.double().sum(1).expand(p, k, d)
 
 
 def variants() -> list:
@@ -127,7 +138,7 @@ def variants() -> list:
                      "counts_ptr": "fp32"},
                     {"K_PAD": k, "HAS_WEIGHTS": weighted, "BLOCK_N": launch.block_n},
                     launch.num_warps,
-                    8 + 1 + 4 + (4 if weighted else 0),  # x (D=2), code, distance, weight
+                    8 + 1 + 4 + (8 if weighted else 0),  # x, code, distance, weights (D=2)
                     per="vector (D=2) and restart",
                     options={"enable_fp_fusion": False},
                 )

@@ -180,6 +180,21 @@ def test_fast_mode_semantics_and_out_of_fp16_range_blocks():
     assert np.all(inertia == 0.0)
 
 
+@pytest.mark.parametrize("precision", [0, 2, 4, 7])
+def test_fast_mode_table_is_fast_mode_values(precision):
+    """Every finite fp16 value's slot holds exactly what `fast_mode_values` computes in torch
+    (the table is built in numpy), slots rise with the value and are all used."""
+    halves = np.arange(-65504, 65505, dtype=np.float32).astype(np.float16)
+    halves = np.unique(np.concatenate([halves, np.arange(1 << 16, dtype=np.uint16)
+                                       .view(np.float16)]))  # fmt: skip
+    halves = halves[np.isfinite(halves)]  # every finite fp16 value, ascending
+    table = fast_mode_table(precision, torch.device("cpu"))
+    slots = table.key_to_slot.numpy()[reference.kmeans_1d.fp16_keys(halves.astype(np.float32))]
+    want = fast_mode_values(torch.from_numpy(halves.astype(np.float32)), precision).numpy()
+    assert np.array_equal(table.slot_values.numpy()[slots], want + np.float32(0.0))
+    assert np.all(np.diff(slots) >= 0) and set(np.unique(slots)) == set(range(table.slots))
+
+
 def test_deterministic():
     x = student_t((4, 500), seed=3)
     for precision in (None, 4):

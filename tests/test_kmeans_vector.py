@@ -43,7 +43,9 @@ def test_assign_update_matches_twin(g, r, n, k, d, weighted, launch, device):
     if n:
         centroids[0, 1] = x[0, 0]  # an exact hit and a duplicate centroid: ties go left
         centroids[0, 2] = x[0, 0]
-    w = torch.rand(g, n, generator=torch.Generator().manual_seed(2)) if weighted else None
+    w = torch.rand(g, n, d, generator=torch.Generator().manual_seed(2)) if weighted else None
+    if weighted and n:
+        w[0, 0, 0] = 0.0  # a zero-weight component
     expected = reference.assign_update(
         x.numpy(), centroids.numpy(), None if w is None else w.numpy()
     )
@@ -110,6 +112,51 @@ def test_few_distinct_vectors_pad_with_last_centroid():
     assert torch.equal(lut[result.indices[0].long()], x[0])
     assert lut[:3].tolist() == [[0.0, 0.0], [1.0, 1.0], [2.0, 0.0]]  # used, lexicographic
     assert torch.equal(lut[3:], lut[2].expand(5, 2))  # padding repeats the last centroid
+
+
+def weighted_inertia(x, w, lut, codes):
+    return float((w.double() * (x.double() - lut[codes.long()].double()) ** 2).sum())
+
+
+def test_per_component_weights_give_a_weighted_fixed_point():
+    """Per-component weights: every vector on its nearest centroid under the weighted
+    distance, each centroid component the weighted mean of its members' components, and the
+    reported inertia the weighted one."""
+    x = vectors((2, 700, 2), seed=3)
+    w = torch.rand(2, 700, 2, generator=torch.Generator().manual_seed(4)) + 0.05
+    w[:, :, 1] *= 30.0  # the second component matters far more
+    lut, codes, inertia = cluster_vector(x, 8, w, seed=2, tol=0.0, max_iter=2000)
+    for g in range(2):
+        distance = w[g, :, None].double() * (x[g, :, None].double() - lut[g].double()) ** 2
+        assert torch.equal(codes[g].long(), distance.sum(-1).argmin(1))
+        for c in codes[g].unique().tolist():
+            members = codes[g] == c
+            mean = (w[g][members].double() * x[g][members]).sum(0) / w[g][members].sum(0)
+            torch.testing.assert_close(lut[g, c].double(), mean, rtol=0, atol=1e-6 * 0.02)
+        got = weighted_inertia(x[g], w[g], lut[g], codes[g])
+        assert got == pytest.approx(float(inertia[g]), 1e-5)
+    plain = cluster_vector(x, 8, None, seed=2, tol=0.0, max_iter=2000)
+    plain_weighted = sum(weighted_inertia(x[g], w[g], plain[0][g], plain[1][g]) for g in (0, 1))
+    assert float(inertia.sum()) < plain_weighted  # the weighted objective is what it lowers
+
+
+def test_per_vector_weights_equal_them_repeated_per_component():
+    x = vectors((2, 300, 2), seed=5)
+    w = torch.rand(2, 300, generator=torch.Generator().manual_seed(6))
+    per_vector = cluster_blocks(x, 3, w, seed=1)
+    per_component = cluster_blocks(x, 3, w[..., None].expand(2, 300, 2).contiguous(), seed=1)
+    assert torch.equal(per_vector.lut, per_component.lut)
+    assert torch.equal(per_vector.indices, per_component.indices)
+
+
+def test_weights_of_the_wrong_shape_are_refused():
+    x = vectors((2, 30, 2))
+    with pytest.raises(ValueError, match=r"\[2, 30\] or \[2, 30, 2\], got \[2, 30, 3\]"):
+        cluster_blocks(x, 2, torch.ones(2, 30, 3))
+    with pytest.raises(ValueError, match=r"\[2, 60\], got \[2, 60, 1\]"):
+        cluster_blocks(x.reshape(2, 60, 1), 2, torch.ones(2, 60, 1))
+    with pytest.raises(ValueError, match="non-negative"):
+        cluster_blocks(x, 2, -torch.ones(2, 30, 2))
 
 
 def test_weights_steer_centroids():

@@ -91,6 +91,38 @@ def test_per_channel_scale_protects_small_rows():
     assert errors["scaled"] < 0.1 * errors["plain"]
 
 
+def test_scaled_vectors_are_weighted_by_their_rows_squared_scales(monkeypatch):
+    """cluster_dim 2 under a per-channel scale: the engine gets each component's row scale
+    squared as its weight (a vector spans two rows of different scale), and the weight-space
+    error comes out lower than clustering the scaled vectors unweighted, as coreai_opt does."""
+    from coreai_opt_gpu.engine import cluster_blocks
+    from coreai_opt_gpu.palettization import palettize
+
+    spec = PalettizationSpec(n_bits=3, cluster_dim=2, enable_per_channel_scale=True)
+    model, config = model_and_config(spec)
+    weight = model[0].weight.detach().clone()
+    seen = {}
+
+    def spy(blocks, n_bits, weights=None, **kwargs):
+        seen[blocks.shape] = weights
+        return cluster_blocks(blocks, n_bits, weights, **kwargs)
+
+    monkeypatch.setattr(palettize, "cluster_blocks", spy)
+    torch.manual_seed(1)
+    result = palettize_targets(find_targets(model, config))["0.weight"]
+    layout = result.layout
+    rows = per_channel_scale(weight)[:, None].expand_as(weight)
+    scaled = layout.to_blocks(weight / rows)  # [G, N, D]
+    torch.testing.assert_close(seen[scaled.shape], layout.to_blocks(rows).square())
+    error = float(((result.dequantize() - weight) ** 2).sum())
+    torch.manual_seed(1)
+    plain = cluster_blocks(scaled, 3)  # the scaled vectors, unweighted
+    codes = layout.indices_from_blocks(plain.indices).long()  # [V, C, T]
+    decoded = plain.lut[0][codes.reshape(-1)].reshape(*codes.shape, 2)  # [V, C, T, D]
+    decoded = decoded.permute(0, 3, 1, 2).reshape(weight.shape) * rows
+    assert error < 0.8 * float(((decoded - weight) ** 2).sum())
+
+
 @pytest.mark.parametrize(
     "spec",
     [

@@ -78,17 +78,26 @@ class Clustering:
     inertia: torch.Tensor
 
 
+def _weights_shapes(blocks: torch.Tensor) -> list[list[int]]:
+    """The weight shapes the engine takes for blocks [G, N, D]: [G, N] (per value or per
+    vector) and, for vectors, [G, N, D] (per component)."""
+    g, n, d = blocks.shape
+    return [[g, n]] + ([[g, n, d]] if d > 1 else [])
+
+
+def _bad_weights(blocks: torch.Tensor, weights: torch.Tensor) -> ValueError:
+    allowed = " or ".join(str(shape) for shape in _weights_shapes(blocks))
+    return ValueError(f"weights must be finite, non-negative {allowed}, got {list(weights.shape)}")
+
+
 def check_shapes(blocks: torch.Tensor, n_bits: int, weights: torch.Tensor | None) -> None:
     """Raise ValueError for shapes or bit widths the engine cannot cluster (no data read)."""
     if blocks.dim() != 3 or 0 in blocks.shape:
         raise ValueError(f"blocks must be a non-empty [G, N, D] tensor, got {list(blocks.shape)}")
     if not 1 <= n_bits <= 8:
         raise ValueError(f"n_bits={n_bits} is not supported; allowed: 1..8")
-    if weights is not None and weights.shape != blocks.shape[:2]:
-        raise ValueError(
-            f"weights must be finite, non-negative [G, N] = {list(blocks.shape[:2])}, got "
-            f"{list(weights.shape)}"
-        )
+    if weights is not None and list(weights.shape) not in _weights_shapes(blocks):
+        raise _bad_weights(blocks, weights)
 
 
 def check_blocks(blocks: torch.Tensor, n_bits: int, weights: torch.Tensor | None) -> None:
@@ -98,15 +107,8 @@ def check_blocks(blocks: torch.Tensor, n_bits: int, weights: torch.Tensor | None
     if not torch.isfinite(blocks).all():
         bad = (~torch.isfinite(blocks)).flatten(1).any(1).nonzero().flatten()[:5].tolist()
         raise ValueError(f"blocks contain NaN or inf (first blocks affected: {bad})")
-    if weights is not None and (
-        weights.shape != blocks.shape[:2]
-        or not torch.isfinite(weights).all()
-        or (weights < 0).any()
-    ):
-        raise ValueError(
-            f"weights must be finite, non-negative [G, N] = {list(blocks.shape[:2])}, got "
-            f"{list(weights.shape)}"
-        )
+    if weights is not None and (not torch.isfinite(weights).all() or (weights < 0).any()):
+        raise _bad_weights(blocks, weights)
 
 
 def cluster_blocks(
@@ -123,7 +125,9 @@ def cluster_blocks(
 ) -> Clustering:
     """k-means with K = 2^n_bits of every block at once; results on the blocks' device.
 
-    blocks [G, N, D] float, weights [G, N] (sample weights, e.g. sensitivities) or None.
+    blocks [G, N, D] float, weights [G, N] (sample weights, e.g. sensitivities; per vector
+    when D > 1), [G, N, D] for vectors (per component: the inertia is
+    sum w[n, d] (x[n, d] - c[n, d])^2) or None.
     `rounding_precision` turns on fast mode (scalar only): values are cast to fp16 and rounded
     to that many decimals before clustering. Vector blocks (D > 1) run `restarts` k-means++
     restarts, reproducible for a given `seed` (None: drawn from torch's global RNG). LUT rows

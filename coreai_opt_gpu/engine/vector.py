@@ -26,40 +26,52 @@ def _draw(weights: torch.Tensor, draws: int, generator: torch.Generator) -> torc
     return torch.searchsorted(cdf, u * cdf[:, -1:], right=True).clamp_max(cdf.shape[1] - 1)
 
 
-def _squared_distance(x: torch.Tensor, block: torch.Tensor, point: torch.Tensor) -> torch.Tensor:
-    """Squared distance of every vector of problem p's block x[block[p]] to point[p]:
-    x [G, N, D], block [P], point [P, D] -> [P, N] float32 (components summed in order).
-    Only [P, N] temporaries: no [P, N, D] copy of the data per problem."""
+def _squared_distance(
+    x: torch.Tensor, weights: torch.Tensor | None, block: torch.Tensor, point: torch.Tensor
+) -> torch.Tensor:
+    """Weighted squared distance of every vector of problem p's block x[block[p]] to
+    point[p]: x [G, N, D], weights [G, N, D] (per component) or None, block [P],
+    point [P, D] -> [P, N] float32 (components summed in order). Only [P, N] temporaries: no
+    [P, N, D] copy of the data per problem."""
     out = None
     for j in range(x.shape[-1]):
         diff = x[block, :, j] - point[:, j, None]
-        out = diff * diff if out is None else out + diff * diff
+        term = diff * diff if weights is None else diff * diff * weights[block, :, j]
+        out = term if out is None else out + term
     return out
 
 
 def kmeans_plus_plus(
-    x: torch.Tensor, weights: torch.Tensor, block: torch.Tensor, k: int, generator: torch.Generator
+    x: torch.Tensor,
+    weights: torch.Tensor | None,
+    block: torch.Tensor,
+    k: int,
+    generator: torch.Generator,
 ) -> torch.Tensor:
-    """Greedy k-means++ starts for P problems: x [G, N, D], weights [G, N], block [P] (the
-    block each problem clusters) -> centroids [P, K, D] f32.
+    """Greedy k-means++ starts for P problems: x [G, N, D], weights [G, N, D] (per
+    component) or None, block [P] (the block each problem clusters) -> centroids [P, K, D] f32.
 
-    Each new centroid is the best (lowest resulting potential) of 2 + ln K candidates drawn
-    with probability proportional to weight times squared distance to the chosen ones.
-    Candidates are scored one at a time, so the working memory is a few [P, N] arrays.
+    The first centroid is drawn with probability proportional to a vector's total weight;
+    each next one is the best (lowest resulting potential) of 2 + ln K candidates drawn with
+    probability proportional to the weighted squared distance to the chosen ones. Candidates
+    are scored one at a time, so the working memory is a few [P, N] arrays.
     """
     p, d = len(block), x.shape[-1]
     candidates = 2 + int(math.log(k))
     rows = torch.arange(p, device=x.device)
-    w = weights[block]  # [P, N]
+    if weights is None:
+        first = torch.ones((p, x.shape[1]), device=x.device)
+    else:
+        first = weights[block].sum(-1)  # [P, N]
     centroids = torch.empty((p, k, d), dtype=torch.float32, device=x.device)
-    centroids[:, 0] = x[block, _draw(w, 1, generator)[:, 0]]
-    nearest = _squared_distance(x, block, centroids[:, 0])  # [P, N]
+    centroids[:, 0] = x[block, _draw(first, 1, generator)[:, 0]]
+    nearest = _squared_distance(x, weights, block, centroids[:, 0])  # [P, N]
     for j in range(1, k):
-        picks = x[block[:, None], _draw(w * nearest, candidates, generator)]  # [P, L, D]
+        picks = x[block[:, None], _draw(nearest, candidates, generator)]  # [P, L, D]
         best, choice = None, torch.zeros(p, dtype=torch.int64, device=x.device)
         for candidate in range(candidates):
-            trial = torch.minimum(nearest, _squared_distance(x, block, picks[:, candidate]))
-            potential = (w * trial).sum(1)  # [P]
+            distance = _squared_distance(x, weights, block, picks[:, candidate])
+            potential = torch.minimum(nearest, distance).sum(1)  # [P]
             if best is None:
                 best = potential
             else:  # strictly lower: the first best candidate wins, as argmin
@@ -67,7 +79,7 @@ def kmeans_plus_plus(
                 best = torch.where(better, potential, best)
                 choice = torch.where(better, candidate, choice)
         centroids[:, j] = picks[rows, choice]
-        nearest = torch.minimum(nearest, _squared_distance(x, block, centroids[:, j]))
+        nearest = torch.minimum(nearest, _squared_distance(x, weights, block, centroids[:, j]))
     return centroids
 
 
@@ -78,9 +90,9 @@ def _reseed_empty(
     x: torch.Tensor,
     block: torch.Tensor,
 ) -> torch.Tensor:
-    """Empty clusters take the points farthest from their centroids (distinct per problem);
-    problem p's points are x[block[p]]."""
-    empty = counts <= 0  # [P, K]
+    """Empty clusters (no member weight, counts [P, K, D]) take the points farthest from
+    their centroids (distinct per problem); problem p's points are x[block[p]]."""
+    empty = counts.sum(-1) <= 0  # [P, K]
     if not bool(empty.any()):
         return centroids
     n = distances.shape[1]
@@ -117,7 +129,8 @@ def lloyd(
     max_iter: int,
     tol: float,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Lloyd steps for P problems on blocks x [G, N, D] from centroids [P, K, D]; each
+    """Lloyd steps for P problems on blocks x [G, N, D] (weights [G, N, D] per component or
+    None) from centroids [P, K, D]; each
     problem stops once it no longer improves its inertia by more than `tol` (relative) and
     keeps that assignment, so later steps only run the problems still moving (measured: the
     slowest of 128 restarts took ~120 steps where most settle within a few dozen). Returns
@@ -136,15 +149,14 @@ def lloyd(
         data = x if whole else x[rows]
         w = None if weights is None else (weights if whole else weights[rows])
         step_codes, distances, sums, counts = ops.assign_update(data, centroids[active], w)
-        weight = torch.ones_like(distances) if weights is None else weights[rows].float()
-        step_inertia = (weight.double() * distances.double()).sum(1)
+        step_inertia = distances.double().sum(1)  # distances are weighted already
         codes[active], inertia[active] = step_codes, step_inertia
         settled = previous[active] <= step_inertia * (1 + tol)
         if bool(settled.all()):
             break
         previous[active] = torch.minimum(previous[active], step_inertia)
-        means = (sums / counts.clamp_min(1e-300)[..., None]).float()
-        updated = torch.where(counts[..., None] > 0, means, centroids[active])
+        means = (sums / counts.clamp_min(1e-300)).float()  # per component
+        updated = torch.where(counts > 0, means, centroids[active])
         moving = ~settled
         updated = _reseed_empty(updated, counts, distances, x, rows)
         centroids[active[moving]] = updated[moving]
@@ -179,6 +191,9 @@ def cluster_vector(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """x [G, N, D] float32 -> LUT [G, K, D] float32, codes [G, N] uint8, inertia [G] f64.
 
+    weights: [G, N] per vector (sample weights) or [G, N, D] per component (the inertia is
+    sum_n sum_d w[n, d] (x[n, d] - c[n, d])^2), or None.
+
     Restarts run on a random subsample of `subsample` vectors per block (all of them when
     the block is smaller); the `refine` best continue on the whole block, and the lowest
     full-block inertia wins. LUT rows: used centroids in lexicographic order, then (a block
@@ -186,7 +201,11 @@ def cluster_vector(
     `PROBLEM_ELEMENTS` (restart, vector) pairs, fixed by the shapes, so results depend on the
     seed and the blocks alone.
     """
-    g, n, _ = x.shape
+    g, n, d = x.shape
+    if weights is not None and weights.dim() == 2:  # per vector: the same for each component
+        weights = weights[..., None].expand(g, n, d)
+    if weights is not None:
+        weights = weights.to(torch.float32).contiguous()
     if seed is None:
         seed = int(torch.randint(0, 2**62, (1,)))
     generator = torch.Generator(device=x.device).manual_seed(seed)
@@ -221,8 +240,7 @@ def _cluster_group(
     xs = x if sample is None else x[:, sample].contiguous()
     ws = weights if weights is None or sample is None else weights[:, sample].contiguous()
     block = torch.arange(g * restarts, device=x.device) // restarts
-    ws_full = torch.ones(xs.shape[:2], device=x.device) if ws is None else ws.float()
-    starts = kmeans_plus_plus(xs, ws_full, block, k, generator)
+    starts = kmeans_plus_plus(xs, ws, block, k, generator)
     centroids, codes, inertia = lloyd(xs, ws, starts, max_iter, tol)
     if sample is not None:
         keep = min(refine, restarts)

@@ -11,8 +11,9 @@ from coreai_opt_gpu.backend import Backend, choose_backend
 def assign_update(
     x: torch.Tensor, centroids: torch.Tensor, weights: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """x [G, N, D], centroids [P, K, D] (P = G * restarts), weights [G, N] -> codes [P, N]
-    uint8, squared distances [P, N] f32, member sums [P, K, D] f64, counts [P, K] f64."""
+    """x [G, N, D], centroids [P, K, D] (P = G * restarts), weights [G, N, D] (per
+    component) or None -> codes [P, N] uint8, weighted squared distances [P, N] f32, member
+    sums [P, K, D] f64, counts [P, K, D] f64 (member weight per component)."""
     if choose_backend(x) == Backend.TRITON:
         from coreai_opt_gpu.kernels.kmeans_vector import assign_update as triton_assign_update
 

@@ -207,9 +207,12 @@ def _palettize_chunk(
     scales = [
         per_channel_scale(t.tensor) if t.spec.enable_per_channel_scale else None for t in chunk
     ]
-    weighted = any(t.qualified_name in sensitivities for t in chunk)
     layout = chunk[0].layout
     k, d = 2**n_bits, layout.cluster_dim
+    weighted = any(t.qualified_name in sensitivities for t in chunk)
+    # vectors under a per-channel scale: each component weighs its row's scale squared, so the
+    # clustering minimizes the error of the weight itself, not of the scaled weight
+    weighted = weighted or (d > 1 and any(scale is not None for scale in scales))
     total = sum(t.layout.num_blocks for t in chunk)
     per_call = total
     if d == 1:
@@ -222,7 +225,8 @@ def _palettize_chunk(
         weights = None
         if weighted:
             weights = _gather(
-                [_sample_weights(chunk[i], sensitivities, a, b) for i, a, b in batch], device
+                [_sample_weights(chunk[i], scales[i], sensitivities, a, b) for i, a, b in batch],
+                device,
             )
         clustering = cluster_blocks(
             blocks,
@@ -328,16 +332,30 @@ def _blocks(
 
 
 def _sample_weights(
-    target: WeightTarget, sensitivities: dict[str, torch.Tensor], start: int, stop: int
+    target: WeightTarget,
+    scale: torch.Tensor | None,
+    sensitivities: dict[str, torch.Tensor],
+    start: int,
+    stop: int,
 ) -> torch.Tensor:
-    """Sample weights [B, N] of blocks start..stop-1 (summed over each vector; 1 where the
-    weight has no sensitivities)."""
+    """Sample weights of blocks start..stop-1: scalars [B, N] (the sensitivities; 1 where the
+    weight has none); vectors [B, N, D] per component, the vector's summed sensitivities (1
+    without) times, under a per-channel scale [O], the component's row scale squared."""
     sensitivity = sensitivities.get(target.qualified_name)
     n, d = target.layout.block_vectors, target.layout.cluster_dim
+    device = target.tensor.device
     if sensitivity is None:
-        return torch.full((stop - start, n), float(d), device=target.tensor.device)
-    blocks = target.layout.read_blocks(sensitivity.detach(), start, stop)
-    return blocks.float().sum(-1)
+        summed = torch.ones((stop - start, n), device=device)
+    else:
+        summed = target.layout.read_blocks(sensitivity.detach(), start, stop).float().sum(-1)
+    if d == 1:
+        return summed
+    if scale is None:
+        return summed[..., None].expand(-1, -1, d)
+    weight = target.tensor
+    rows = scale.to(device).reshape(-1, *([1] * (weight.dim() - 1))).expand(weight.shape)
+    squared = target.layout.read_blocks(rows, start, stop).float().square()  # [B, N, D]
+    return squared * summed[..., None]
 
 
 def _gather(pieces: list[torch.Tensor], device: torch.device) -> torch.Tensor:

@@ -1,14 +1,20 @@
-"""A compiled host path for the one step of the exact 1-D DP that numpy runs slowly.
+"""A compiled host path for the two twin steps that numpy runs slowly.
 
-`dp_layer(prev, sums)` computes one DP layer exactly as `kmeans_1d_exact._next_layer` does
-(the same float64 operations in the same order, `dp_layer.c`), in C: numpy needs about a dozen
-vectorized steps per layer, each over every candidate, which dominates per-tensor 8-bit layers
-(255 layers) on the CPU. The C source is built on first use with the system's C compiler
-(`$CC`, else `cc`) into a cache directory keyed by the source's hash, and loaded with ctypes.
+- `dp_layer(prev, sums)` computes one layer of the exact 1-D DP exactly as
+  `kmeans_1d_exact._next_layer` does (the same float64 operations in the same order,
+  `dp_layer.c`): numpy needs about a dozen vectorized steps per layer, each over every
+  candidate, which dominates per-tensor 8-bit layers (255 layers) on the CPU.
+- `vector_step(x, centroids, weights)` is one vector Lloyd step exactly as
+  `kmeans_vector.assign_update` computes it (`vector_step.c`): numpy makes ~7 passes over
+  every (vector, centroid) distance, 95% of a vector layer's time.
+
+The C sources are built on first use with the system's C compiler (`$CC`, else `cc`) into one
+library in a cache directory keyed by the sources' hash, and loaded with ctypes.
 
 Dispatch: `available()` is False when `COREAI_OPT_GPU_NATIVE=0`, when no compiler is found or
 the build fails (the reason is kept in `unavailable_reason()`); callers then run numpy. Results
-are the same either way (tests/test_native_dp.py compares them bit for bit).
+are the same either way (tests/test_native_dp.py and tests/test_native_vector.py compare them
+bit for bit).
 """
 
 from __future__ import annotations
@@ -26,8 +32,8 @@ import numpy as np
 
 NATIVE_ENV = "COREAI_OPT_GPU_NATIVE"
 CACHE_ENV = "COREAI_OPT_GPU_NATIVE_CACHE"
-SOURCE = Path(__file__).with_name("dp_layer.c")
-FLAGS = ["-O2", "-std=c99", "-fPIC", "-shared", "-ffp-contract=off", "-fno-fast-math"]
+SOURCES = [Path(__file__).with_name(name) for name in ("dp_layer.c", "vector_step.c")]
+FLAGS = ["-O3", "-std=c99", "-fPIC", "-shared", "-ffp-contract=off", "-fno-fast-math"]
 
 _library: ctypes.CDLL | None = None
 _reason: str | None = None
@@ -48,16 +54,16 @@ def _build() -> ctypes.CDLL:
     compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     if compiler is None:
         raise RuntimeError("no C compiler (set CC, or install cc/gcc)")
-    source = SOURCE.read_bytes()
+    source = b"".join(path.read_bytes() for path in SOURCES)
     key = hashlib.sha256(source + " ".join([compiler, *FLAGS, sys.platform]).encode())
     directory = _cache_dir()
     directory.mkdir(parents=True, exist_ok=True)
-    target = directory / f"dp_layer-{key.hexdigest()[:16]}.so"
+    target = directory / f"host-{key.hexdigest()[:16]}.so"
     if not target.is_file():
         with tempfile.TemporaryDirectory(dir=directory) as scratch:
             built = Path(scratch) / target.name
             done = subprocess.run(
-                [compiler, *FLAGS, str(SOURCE), "-o", str(built)],
+                [compiler, *FLAGS, *map(str, SOURCES), "-o", str(built), "-lm"],
                 capture_output=True,
                 text=True,
             )
@@ -74,6 +80,19 @@ def _build() -> ctypes.CDLL:
         pointer(np.int64, flags="C_CONTIGUOUS"),
     ]
     library.dp_layer.restype = None
+    floats = pointer(np.float32, flags="C_CONTIGUOUS")
+    doubles = pointer(np.float64, flags="C_CONTIGUOUS")
+    library.vector_step.argtypes = [
+        floats,
+        ctypes.c_void_p,  # weights, or NULL
+        floats,
+        *[ctypes.c_int64] * 5,
+        pointer(np.uint8, flags="C_CONTIGUOUS"),
+        floats,
+        doubles,
+        doubles,
+    ]
+    library.vector_step.restype = None
     return library
 
 
@@ -97,12 +116,12 @@ def _enabled() -> bool:
 
 
 def available() -> bool:
-    """Whether the compiled DP layer runs (not disabled, built and loaded)."""
+    """Whether the compiled host path runs (not disabled, built and loaded)."""
     return _enabled() and _load() is not None
 
 
 def unavailable_reason() -> str | None:
-    """Why the compiled DP layer is not available (None when it is, or was never tried)."""
+    """Why the compiled host path is not available (None when it is, or was never tried)."""
     return f"{NATIVE_ENV}=0" if not _enabled() else _reason
 
 
@@ -113,10 +132,33 @@ def dp_layer(
     and the prefix sums of w, w*x, w*x^2 [G, B+1]. Requires `available()`."""
     library = _load()
     if library is None:
-        raise RuntimeError(f"the compiled DP layer is not available: {_reason}")
+        raise RuntimeError(f"the compiled host path is not available: {_reason}")
     arrays = [np.ascontiguousarray(a, dtype=np.float64) for a in (prev, w, wx, wxx)]
     g_count, width = arrays[0].shape
     cur = np.zeros((g_count, width), np.float64)
     opt = np.zeros((g_count, width), np.int64)
     library.dp_layer(*arrays, g_count, width, cur, opt)
     return cur, opt
+
+
+def vector_step(
+    x: np.ndarray, centroids: np.ndarray, weights: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """`kmeans_vector.assign_update` in C: x [G, N, D] float32, centroids [P, K, D] float32,
+    weights [G, N, D] float32 or None -> codes [P, N] uint8, distances [P, N] float32, sums
+    and counts [P, K, D] float64. Requires `available()`."""
+    library = _load()
+    if library is None:
+        raise RuntimeError(f"the compiled host path is not available: {_reason}")
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    centroids = np.ascontiguousarray(centroids, dtype=np.float32)
+    g, n, d = x.shape
+    p, k, _ = centroids.shape
+    w = None if weights is None else np.ascontiguousarray(weights, dtype=np.float32)
+    codes = np.empty((p, n), np.uint8)
+    distances = np.empty((p, n), np.float32)
+    sums = np.empty((p, k, d), np.float64)
+    counts = np.empty((p, k, d), np.float64)
+    address = None if w is None else w.ctypes.data
+    library.vector_step(x, address, centroids, g, n, d, p, k, codes, distances, sums, counts)
+    return codes, distances, sums, counts
