@@ -100,6 +100,13 @@ def assign_update(
     """Same contract as the twin; sums and counts are reduced over programs in fixed order."""
     g, n, d = x.shape
     p, k, _ = centroids.shape
+    if centroids.shape[2] != d or g == 0 or p % g or not 1 <= k <= 256:
+        raise ValueError(
+            f"assign_update takes x [G, N, D] (G >= 1) and centroids [P, K, D] with P a "
+            f"multiple of G and 1 <= K <= 256; got {list(x.shape)} and {list(centroids.shape)}"
+        )
+    if weights is not None and weights.shape != x.shape:
+        raise ValueError(f"weights must be [G, N, D] = {list(x.shape)}, got {list(weights.shape)}")
     launch = launch or assign_update_launch(n, k)
     chunks = triton.cdiv(n, launch.block_n)
     device = x.device

@@ -14,6 +14,7 @@ from coreai_opt_gpu.backend import BACKEND_ENV
 from coreai_opt_gpu.engine import cluster_blocks
 from coreai_opt_gpu.engine.vector import cluster_vector
 from coreai_opt_gpu.kernels.kmeans_vector import AssignUpdateLaunch, assign_update
+from coreai_opt_gpu.reference import native
 
 
 def vectors(shape, seed=0):
@@ -37,7 +38,8 @@ def vectors(shape, seed=0):
     ids=["restarts", "d8", "k256", "n<k", "empty"],
 )
 @pytest.mark.parametrize("weighted", [False, True], ids=["unweighted", "weighted"])
-def test_assign_update_matches_twin(g, r, n, k, d, weighted, launch, device):
+def test_assign_update_matches_twin(g, r, n, k, d, weighted, launch, device, monkeypatch):
+    monkeypatch.setenv(native.NATIVE_ENV, "0")  # the numpy twin itself (C: test_native_vector)
     x = vectors((g, n, d))
     centroids = vectors((g * r, k, d), seed=1)
     if n:
@@ -140,13 +142,12 @@ def test_per_component_weights_give_a_weighted_fixed_point():
     assert float(inertia.sum()) < plain_weighted  # the weighted objective is what it lowers
 
 
-def test_per_vector_weights_equal_them_repeated_per_component():
-    x = vectors((2, 300, 2), seed=5)
-    w = torch.rand(2, 300, generator=torch.Generator().manual_seed(6))
-    per_vector = cluster_blocks(x, 3, w, seed=1)
-    per_component = cluster_blocks(x, 3, w[..., None].expand(2, 300, 2).contiguous(), seed=1)
-    assert torch.equal(per_vector.lut, per_component.lut)
-    assert torch.equal(per_vector.indices, per_component.indices)
+def test_the_kernel_refuses_shapes_it_would_misread(device):
+    x = vectors((2, 30, 2)).to(device)
+    with pytest.raises(ValueError, match=r"weights must be \[G, N, D\]"):
+        assign_update(x, vectors((2, 4, 2)).to(device), torch.ones(2, 30, device=device))
+    with pytest.raises(ValueError, match="multiple of G"):
+        assign_update(x, vectors((3, 4, 2)).to(device))
 
 
 def test_weights_of_the_wrong_shape_are_refused():

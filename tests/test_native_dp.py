@@ -11,7 +11,8 @@ from coreai_opt_gpu.reference import native
 exact = importlib.import_module("coreai_opt_gpu.reference.kmeans_1d_exact")
 
 needs_native = pytest.mark.skipif(
-    not native.available(), reason=f"no compiled DP layer: {native.unavailable_reason()}"
+    not native.available("dp_layer"),
+    reason=f"no compiled DP layer: {native.unavailable_reason('dp_layer')}",
 )
 
 
@@ -46,19 +47,18 @@ def test_dp_results_are_the_same_with_and_without_it(k, monkeypatch):
     sums = problem(np.random.default_rng(k), 4, 600, ties=True)
     got = exact.kmeans_1d_dp(sums.w, sums.wx, sums.wxx, k)
     monkeypatch.setenv(native.NATIVE_ENV, "0")
-    assert not native.available()
+    assert not native.available("dp_layer")
     want = exact.kmeans_1d_dp(sums.w, sums.wx, sums.wxx, k)
     assert np.array_equal(got[0], want[0]) and np.array_equal(got[1], want[1])
 
 
 def test_without_a_compiler_it_is_unavailable_and_says_why(monkeypatch, tmp_path):
-    monkeypatch.setattr(native, "_loaded", False)
-    monkeypatch.setattr(native, "_library", None)
-    monkeypatch.setattr(native, "_reason", None)
+    monkeypatch.setattr(native, "_libraries", {})
+    monkeypatch.setattr(native, "_reasons", {})
     monkeypatch.setenv(native.CACHE_ENV, str(tmp_path))
     monkeypatch.setenv("CC", "false")  # a "compiler" that always fails
-    assert not native.available()
-    assert "false failed" in native.unavailable_reason()
+    assert not native.available("dp_layer")
+    assert "false failed" in native.unavailable_reason("dp_layer")
     assert not list(tmp_path.glob("*.so"))  # nothing half-built is left to load
     with pytest.raises(RuntimeError, match="not available"):
         native.dp_layer(*[np.zeros((1, 2))] * 4)
@@ -70,4 +70,4 @@ def test_without_a_compiler_it_is_unavailable_and_says_why(monkeypatch, tmp_path
 def test_an_invalid_switch_is_an_error_naming_it(monkeypatch):
     monkeypatch.setenv(native.NATIVE_ENV, "yes")
     with pytest.raises(ValueError, match="COREAI_OPT_GPU_NATIVE='yes' is not valid"):
-        native.available()
+        native.available("dp_layer")

@@ -91,15 +91,21 @@ def test_per_channel_scale_protects_small_rows():
     assert errors["scaled"] < 0.1 * errors["plain"]
 
 
-def test_scaled_vectors_are_weighted_by_their_rows_squared_scales(monkeypatch):
+@pytest.mark.parametrize("kind", ["linear", "conv"])
+def test_scaled_vectors_are_weighted_by_their_rows_squared_scales(kind, monkeypatch):
     """cluster_dim 2 under a per-channel scale: the engine gets each component's row scale
-    squared as its weight (a vector spans two rows of different scale), and the weight-space
+    squared as its weight (a vector spans two rows of different scale; divided by the
+    block's largest, so the largest weight is 1), and the weight-space
     error comes out lower than clustering the scaled vectors unweighted, as coreai_opt does."""
     from coreai_opt_gpu.engine import cluster_blocks
     from coreai_opt_gpu.palettization import palettize
 
     spec = PalettizationSpec(n_bits=3, cluster_dim=2, enable_per_channel_scale=True)
     model, config = model_and_config(spec)
+    if kind == "conv":
+        model[0] = nn.Conv2d(4, 16, 3)
+        with torch.no_grad():
+            model[0].weight.mul_(torch.logspace(-3, 0, 16)[:, None, None, None])
     weight = model[0].weight.detach().clone()
     seen = {}
 
@@ -111,9 +117,11 @@ def test_scaled_vectors_are_weighted_by_their_rows_squared_scales(monkeypatch):
     torch.manual_seed(1)
     result = palettize_targets(find_targets(model, config))["0.weight"]
     layout = result.layout
-    rows = per_channel_scale(weight)[:, None].expand_as(weight)
+    rows = per_channel_scale(weight).reshape(-1, *[1] * (weight.dim() - 1)).expand_as(weight)
     scaled = layout.to_blocks(weight / rows)  # [G, N, D]
-    torch.testing.assert_close(seen[scaled.shape], layout.to_blocks(rows).square())
+    squared = layout.to_blocks(rows).double().square()
+    expected = (squared / squared.flatten(1).amax(1)[:, None, None]).float()
+    torch.testing.assert_close(seen[scaled.shape], expected)
     error = float(((result.dequantize() - weight) ** 2).sum())
     torch.manual_seed(1)
     plain = cluster_blocks(scaled, 3)  # the scaled vectors, unweighted
@@ -121,6 +129,38 @@ def test_scaled_vectors_are_weighted_by_their_rows_squared_scales(monkeypatch):
     decoded = plain.lut[0][codes.reshape(-1)].reshape(*codes.shape, 2)  # [V, C, T, D]
     decoded = decoded.permute(0, 3, 1, 2).reshape(weight.shape) * rows
     assert error < 0.8 * float(((decoded - weight) ** 2).sum())
+
+
+def test_scaled_vector_weights_neither_underflow_nor_overflow(monkeypatch):
+    """Rows of 1e-24 (scale squared 1e-48: zero in float32) and of 1e18 (1e36 squared,
+    times a sensitivity of 1e6: inf in float32) still give the engine finite, positive
+    weights, each block's largest 1."""
+    from coreai_opt_gpu.engine import cluster_blocks
+    from coreai_opt_gpu.palettization import palettize
+
+    spec = PalettizationSpec(n_bits=2, cluster_dim=2, enable_per_channel_scale=True)
+    seen = []
+
+    def spy(blocks, n_bits, weights=None, **kwargs):
+        seen.append(weights)
+        return cluster_blocks(blocks, n_bits, weights, **kwargs)
+
+    monkeypatch.setattr(palettize, "cluster_blocks", spy)
+    for factor, sensitivity in ((1e-24, None), (1e18, 1e6)):
+        model, config = model_and_config(spec)
+        with torch.no_grad():
+            model[0].weight.mul_(factor)
+        targets = find_targets(model, config)
+        sensitivities = {}
+        if sensitivity is not None:
+            sensitivities = {t.qualified_name: torch.full_like(t.tensor, sensitivity)
+                             for t in targets}  # fmt: skip
+        seen.clear()
+        result = palettize_targets(targets, sensitivities)["0.weight"]
+        weights = seen[0]
+        assert torch.isfinite(weights).all() and (weights > 0).all()
+        assert torch.equal(weights.flatten(1).amax(1), torch.ones(len(weights)))
+        assert torch.isfinite(result.dequantize()).all()
 
 
 @pytest.mark.parametrize(

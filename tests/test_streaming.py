@@ -26,6 +26,8 @@ def test_chunks_respect_the_budget():
     assert [len(c) for c in chunks] == [2, 2, 1]
     assert [len(c) for c in chunks_within(targets, size // 2)] == [1] * 5  # too big: alone
     assert [len(c) for c in chunks_within(targets, 10**9)] == [5]
+    weighted = frozenset(t.qualified_name for t in targets[:2])  # sample weights: twice the size
+    assert [len(c) for c in chunks_within(targets, 2 * size, weighted)] == [1, 1, 2, 1]
 
 
 def test_small_budget_streams_without_changing_results(monkeypatch):

@@ -62,7 +62,7 @@ def kmeans_plus_plus(
     if weights is None:
         first = torch.ones((p, x.shape[1]), device=x.device)
     else:
-        first = weights[block].sum(-1)  # [P, N]
+        first = weights.sum(-1)[block]  # [P, N]
     centroids = torch.empty((p, k, d), dtype=torch.float32, device=x.device)
     centroids[:, 0] = x[block, _draw(first, 1, generator)[:, 0]]
     nearest = _squared_distance(x, weights, block, centroids[:, 0])  # [P, N]
@@ -182,12 +182,13 @@ def cluster_vector(
     k: int,
     weights: torch.Tensor | None = None,
     *,
-    restarts: int = 8,
+    restarts: int = 16,
     max_iter: int = 300,
     tol: float = 1e-4,
     seed: int | None = None,
-    subsample: int = 16384,
-    refine: int = 2,
+    subsample: int = 32768,
+    refine: int = 4,
+    refine_tol: float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """x [G, N, D] float32 -> LUT [G, K, D] float32, codes [G, N] uint8, inertia [G] f64.
 
@@ -195,9 +196,14 @@ def cluster_vector(
     sum_n sum_d w[n, d] (x[n, d] - c[n, d])^2), or None.
 
     Restarts run on a random subsample of `subsample` vectors per block (all of them when
-    the block is smaller); the `refine` best continue on the whole block, and the lowest
-    full-block inertia wins. LUT rows: used centroids in lexicographic order, then (a block
-    with fewer distinct vectors than K) the last one repeated. Blocks go in groups of
+    the block is smaller); the `refine` best continue on the whole block until they improve
+    by no more than `refine_tol` (default tol / 10), and the lowest full-block inertia wins.
+    Measured on a 1024x1024 layer (4 bits, 524,288 vectors), 16 seeds, inertia over
+    coreai_opt's: 8 restarts on 16K vectors refining 2 at tol ranged 0.9994-1.0064 (0.43 s);
+    16 on 32K refining 4 at tol / 10: 0.9992-1.0009 (1.5 s; coreai_opt 22 s).
+
+    LUT rows: used centroids in lexicographic order, then (a block with fewer distinct
+    vectors than K) the last one repeated. Blocks go in groups of
     `PROBLEM_ELEMENTS` (restart, vector) pairs, fixed by the shapes, so results depend on the
     seed and the blocks alone.
     """
@@ -214,11 +220,12 @@ def cluster_vector(
         parts = [
             _cluster_group(x[i : i + per_group], k, None if weights is None else
                            weights[i : i + per_group], restarts, max_iter, tol, generator,
-                           subsample, refine)
+                           subsample, refine, refine_tol)
             for i in range(0, g, per_group)
         ]  # fmt: skip
         return tuple(torch.cat(column) for column in zip(*parts, strict=True))  # type: ignore[return-value]
-    return _cluster_group(x, k, weights, restarts, max_iter, tol, generator, subsample, refine)
+    return _cluster_group(x, k, weights, restarts, max_iter, tol, generator, subsample, refine,
+                          refine_tol)  # fmt: skip
 
 
 def _cluster_group(
@@ -231,6 +238,7 @@ def _cluster_group(
     generator: torch.Generator,
     subsample: int,
     refine: int,
+    refine_tol: float | None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """`cluster_vector` of one group of blocks, drawing from `generator`."""
     g, n, _ = x.shape
@@ -245,7 +253,8 @@ def _cluster_group(
     if sample is not None:
         keep = min(refine, restarts)
         centroids = centroids[_best_per_block(inertia, g, keep)]
-        centroids, codes, inertia = lloyd(x, weights, centroids, max_iter, tol)
+        final_tol = tol / 10 if refine_tol is None else refine_tol
+        centroids, codes, inertia = lloyd(x, weights, centroids, max_iter, final_tol)
     best = _best_per_block(inertia, g, 1)
     lut, codes, inertia = centroids[best], codes[best], inertia[best]
     lut, codes = _sorted_lut(lut, codes)

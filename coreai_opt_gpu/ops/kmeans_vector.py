@@ -19,6 +19,6 @@ def assign_update(
 
         return triton_assign_update(x, centroids, weights)
     arrays = [t.detach().cpu().numpy() for t in (x.float(), centroids.float())]
-    w = None if weights is None else weights.detach().cpu().numpy()
+    w = None if weights is None else weights.detach().float().cpu().numpy()
     results = reference.assign_update(*arrays, w)
     return tuple(torch.from_numpy(r).to(x.device) for r in results)  # type: ignore[return-value]

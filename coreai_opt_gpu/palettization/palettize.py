@@ -68,13 +68,23 @@ def compute_device(targets: list[WeightTarget]) -> torch.device:
     return weight_device
 
 
-def chunks_within(batch: list[WeightTarget], budget: int) -> list[list[WeightTarget]]:
-    """Split a batch into runs whose fp32 blocks total at most `budget` bytes (a weight
-    larger than the budget goes alone)."""
+def has_sample_weights(target: WeightTarget, sensitivities: dict[str, torch.Tensor]) -> bool:
+    """Whether the engine gets sample weights for this weight's blocks: sensitivities, or
+    vectors under a per-channel scale (weighted per component, `_sample_weights`)."""
+    scaled_vectors = target.layout.cluster_dim > 1 and target.spec.enable_per_channel_scale
+    return target.qualified_name in sensitivities or scaled_vectors
+
+
+def chunks_within(
+    batch: list[WeightTarget], budget: int, weighted: frozenset[str] = frozenset()
+) -> list[list[WeightTarget]]:
+    """Split a batch into runs whose fp32 blocks, and their float32 sample weights for the
+    weights named in `weighted` (as large as the blocks at most), total at most `budget`
+    bytes (a weight larger than the budget goes alone)."""
     chunks: list[list[WeightTarget]] = [[]]
     used = 0
     for target in batch:
-        size = target.tensor.numel() * 4
+        size = target.tensor.numel() * 4 * (2 if target.qualified_name in weighted else 1)
         if chunks[-1] and used + size > budget:
             chunks.append([])
             used = 0
@@ -96,7 +106,8 @@ def palettize_targets(
     `sensitivities` maps a weight's qualified name to non-negative importances shaped like
     the weight (summed over each vector) that weight its k-means; `progress` shows a bar.
     Weights stream to `device` (default: CUDA for CPU weights when present, see
-    `compute_device`) in chunks of at most `memory_budget` bytes of fp32 blocks; results come
+    `compute_device`) in chunks of at most `memory_budget` bytes of fp32 blocks (and their
+    sample weights, `chunks_within`); results come
     back to each weight's device. Scalar results do not depend on the chunking.
     """
     check_memory_budget(memory_budget)
@@ -115,8 +126,9 @@ def palettize_targets(
     engine_device = torch.device(device) if device is not None else compute_device(targets)
     results = {}
     bar = tqdm(total=len(targets), desc="Palettizing layers", unit="weight", disable=not progress)
+    weighted = frozenset(t.qualified_name for t in targets if has_sample_weights(t, sensitivities))
     for (_, _, n_bits, precision, split), batch in batches.items():
-        for chunk in chunks_within(batch, memory_budget):
+        for chunk in chunks_within(batch, memory_budget, weighted):
             results.update(
                 _palettize_chunk(
                     chunk, n_bits, precision, sensitivities, engine_device, memory_budget, split
@@ -209,10 +221,9 @@ def _palettize_chunk(
     ]
     layout = chunk[0].layout
     k, d = 2**n_bits, layout.cluster_dim
-    weighted = any(t.qualified_name in sensitivities for t in chunk)
     # vectors under a per-channel scale: each component weighs its row's scale squared, so the
     # clustering minimizes the error of the weight itself, not of the scaled weight
-    weighted = weighted or (d > 1 and any(scale is not None for scale in scales))
+    weighted = any(has_sample_weights(t, sensitivities) for t in chunk)
     total = sum(t.layout.num_blocks for t in chunk)
     per_call = total
     if d == 1:
@@ -340,7 +351,9 @@ def _sample_weights(
 ) -> torch.Tensor:
     """Sample weights of blocks start..stop-1: scalars [B, N] (the sensitivities; 1 where the
     weight has none); vectors [B, N, D] per component, the vector's summed sensitivities (1
-    without) times, under a per-channel scale [O], the component's row scale squared."""
+    without) times, under a per-channel scale [O], the component's row scale squared, that
+    product divided by its block's largest (k-means does not see a block's constant factor,
+    and float32 then neither underflows for tiny rows nor overflows for large ones)."""
     sensitivity = sensitivities.get(target.qualified_name)
     n, d = target.layout.block_vectors, target.layout.cluster_dim
     device = target.tensor.device
@@ -354,8 +367,10 @@ def _sample_weights(
         return summed[..., None].expand(-1, -1, d)
     weight = target.tensor
     rows = scale.to(device).reshape(-1, *([1] * (weight.dim() - 1))).expand(weight.shape)
-    squared = target.layout.read_blocks(rows, start, stop).float().square()  # [B, N, D]
-    return squared * summed[..., None]
+    squared = target.layout.read_blocks(rows, start, stop).double().square()  # [B, N, D]
+    product = squared * summed.double()[..., None]
+    peak = product.flatten(1).amax(1).clamp_min(torch.finfo(torch.float64).tiny)  # [B]
+    return (product / peak[:, None, None]).float()
 
 
 def _gather(pieces: list[torch.Tensor], device: torch.device) -> torch.Tensor:

@@ -141,7 +141,7 @@ def _solve(sums: _PrefixSums, k: int) -> tuple[np.ndarray, np.ndarray]:
     layer = sums.cost(rows, np.zeros((1, 1), np.int64), np.arange(b + 1)[None, :])
     argmins = []
     step = _next_layer
-    if k > 1 and native.available():  # the same layer, compiled (bit for bit the same)
+    if k > 1 and native.available("dp_layer"):  # the same layer, compiled (bit for bit the same)
 
         def step(sums: _PrefixSums, prev: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
             return native.dp_layer(prev, sums.w, sums.wx, sums.wxx)

@@ -26,9 +26,12 @@ def assign_update(
     squared, to that centroid), sums [P, K, D] float64 (weighted sums of members, per
     component) and counts [P, K, D] float64 (their total weight, per component).
     Runs in C when the compiled host path is available (`native.vector_step`, bit for bit
-    the same), else in numpy.
+    the same; D <= 8), else in numpy.
     """
-    if native.available():
+    x = np.asarray(x, np.float32)
+    centroids = np.asarray(centroids, np.float32)
+    weights = None if weights is None else np.asarray(weights, np.float32)
+    if x.shape[2] <= native.MAX_VECTOR_DIM and native.available("vector_step"):
         return native.vector_step(x, centroids, weights)
     g, n, d = x.shape
     p, k, _ = centroids.shape

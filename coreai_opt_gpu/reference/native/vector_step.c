@@ -18,8 +18,8 @@
 #define MAX_D 8
 
 /* Codes and distances of a tile's `count` vectors (xt, wt: [d][TILE] component-major).
-   Inlined with d and `weighted` constants (`step_problem`), so the j loop unrolls and the
-   t loop runs in SIMD lanes (codes held as int32 lanes beside the float32 distances). */
+   Inlined with `weighted` and (for cluster_dim 2 and 4) d constants (`step_problem`), so the
+   j loop unrolls and the t loop runs in SIMD lanes (codes held as int32 lanes beside the float32 distances). */
 static inline __attribute__((always_inline)) void assign_tile_d(
     const float *restrict xt, const float *restrict wt, const float *restrict cp,
     int64_t count, const int64_t d, const int weighted, int64_t k, float *restrict best,
@@ -54,8 +54,8 @@ static inline __attribute__((always_inline)) void assign_tile_d(
 }
 
 /* One problem: its n vectors xb [n, d] (weights wb [n, d]) against centroids cp [k, d];
-   writes codes and distances [n], member sums and counts [k, d]. Inlined with d and
-   `weighted` constants (`vector_step`). */
+   writes codes and distances [n], member sums and counts [k, d]. Inlined with `weighted`
+   and, for d = 2 and 4, d constant (`vector_step`). */
 static inline __attribute__((always_inline)) void step_problem(
     const float *restrict xb, const float *restrict wb, const float *restrict cp, int64_t n,
     const int64_t d, const int weighted, int64_t k, uint8_t *restrict codes,
@@ -114,15 +114,14 @@ void vector_step(const float *x, const float *w, const float *centroids, int64_t
         float *distances_p = distances + p * n;
         double *sums_p = sums + p * k * d;
         double *counts_p = counts + p * k * d;
-        switch (d) {
-            STEP_CASE(1)
+        switch (d) { /* specialized for the common cluster_dims; the rest: d at run time */
             STEP_CASE(2)
-            STEP_CASE(3)
             STEP_CASE(4)
-            STEP_CASE(5)
-            STEP_CASE(6)
-            STEP_CASE(7)
-            STEP_CASE(8)
+        default:
+            if (wb)
+                step_problem(xb, wb, cp, n, d, 1, k, codes_p, distances_p, sums_p, counts_p);
+            else
+                step_problem(xb, 0, cp, n, d, 0, k, codes_p, distances_p, sums_p, counts_p);
         }
     }
 }
