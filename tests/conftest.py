@@ -26,3 +26,16 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def device() -> str:
     """Where kernel tests put tensors: CUDA when present, else CPU under the interpreter."""
     return "cuda" if HAS_CUDA else "cpu"
+
+
+@pytest.fixture
+def no_compiler(monkeypatch: pytest.MonkeyPatch, tmp_path):
+    """The compiled host path as on a machine whose C compiler fails: nothing loaded yet, an
+    empty build cache (`tmp_path`), CC a command that always fails."""
+    from coreai_opt_gpu.reference import native
+
+    monkeypatch.setattr(native, "_libraries", {})
+    monkeypatch.setattr(native, "_reasons", {})
+    monkeypatch.setenv(native.CACHE_ENV, str(tmp_path))
+    monkeypatch.setenv("CC", "false")
+    return tmp_path

@@ -52,14 +52,10 @@ def test_dp_results_are_the_same_with_and_without_it(k, monkeypatch):
     assert np.array_equal(got[0], want[0]) and np.array_equal(got[1], want[1])
 
 
-def test_without_a_compiler_it_is_unavailable_and_says_why(monkeypatch, tmp_path):
-    monkeypatch.setattr(native, "_libraries", {})
-    monkeypatch.setattr(native, "_reasons", {})
-    monkeypatch.setenv(native.CACHE_ENV, str(tmp_path))
-    monkeypatch.setenv("CC", "false")  # a "compiler" that always fails
+def test_without_a_compiler_it_is_unavailable_and_says_why(no_compiler):
     assert not native.available("dp_layer")
     assert "false failed" in native.unavailable_reason("dp_layer")
-    assert not list(tmp_path.glob("*.so"))  # nothing half-built is left to load
+    assert not list(no_compiler.glob("*.so"))  # nothing half-built is left to load
     with pytest.raises(RuntimeError, match="not available"):
         native.dp_layer(*[np.zeros((1, 2))] * 4)
     sums = problem(np.random.default_rng(0), 2, 50, ties=False)

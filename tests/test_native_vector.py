@@ -107,11 +107,7 @@ def test_float64_weights_give_the_same_result_on_both_paths(monkeypatch):
     assert all(np.array_equal(a, b) for a, b in zip(got, want, strict=True))
 
 
-def test_without_a_compiler_the_twin_runs_numpy_and_says_why(monkeypatch, tmp_path):
-    monkeypatch.setattr(native, "_libraries", {})
-    monkeypatch.setattr(native, "_reasons", {})
-    monkeypatch.setenv(native.CACHE_ENV, str(tmp_path))
-    monkeypatch.setenv("CC", "false")  # a "compiler" that always fails
+def test_without_a_compiler_the_twin_runs_numpy_and_says_why(no_compiler, monkeypatch):
     assert not native.available("vector_step")
     assert "false failed" in native.unavailable_reason("vector_step")
     x, centroids, weights = problem(4, 1, 2, 100, 4, 2, True, False)
