@@ -118,7 +118,7 @@ def cluster_blocks(
     *,
     rounding_precision: int | None = None,
     max_iter: int = 300,
-    restarts: int = 16,
+    restarts: int = 8,
     seed: int | None = None,
     memory_budget: int | None = None,
     validate: bool = True,

@@ -182,13 +182,13 @@ def cluster_vector(
     k: int,
     weights: torch.Tensor | None = None,
     *,
-    restarts: int = 16,
+    restarts: int = 8,
     max_iter: int = 300,
     tol: float = 1e-4,
     seed: int | None = None,
     subsample: int = 32768,
     refine: int = 4,
-    refine_tol: float | None = None,
+    polish_tol: float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """x [G, N, D] float32 -> LUT [G, K, D] float32, codes [G, N] uint8, inertia [G] f64.
 
@@ -196,11 +196,11 @@ def cluster_vector(
     sum_n sum_d w[n, d] (x[n, d] - c[n, d])^2), or None.
 
     Restarts run on a random subsample of `subsample` vectors per block (all of them when
-    the block is smaller); the `refine` best continue on the whole block until they improve
-    by no more than `refine_tol` (default tol / 10), and the lowest full-block inertia wins.
-    Measured on a 1024x1024 layer (4 bits, 524,288 vectors), 16 seeds, inertia over
-    coreai_opt's: 8 restarts on 16K vectors refining 2 at tol ranged 0.9994-1.0064 (0.43 s);
-    16 on 32K refining 4 at tol / 10: 0.9992-1.0009 (1.5 s; coreai_opt 22 s).
+    the block is smaller); the `refine` best continue on the whole block, and the lowest
+    full-block inertia wins; the winner then runs on until it improves by no more than
+    `polish_tol` (default tol / 10). Measured on a 1024x1024 layer (4 bits, 524,288 vectors),
+    16 seeds, inertia over coreai_opt's: 8 restarts on 16K vectors refining 2, no polish,
+    ranged 0.9994-1.0064 (0.43 s); these defaults 0.9992-1.0013 (0.59 s; coreai_opt 22 s).
 
     LUT rows: used centroids in lexicographic order, then (a block with fewer distinct
     vectors than K) the last one repeated. Blocks go in groups of
@@ -220,12 +220,12 @@ def cluster_vector(
         parts = [
             _cluster_group(x[i : i + per_group], k, None if weights is None else
                            weights[i : i + per_group], restarts, max_iter, tol, generator,
-                           subsample, refine, refine_tol)
+                           subsample, refine, polish_tol)
             for i in range(0, g, per_group)
         ]  # fmt: skip
         return tuple(torch.cat(column) for column in zip(*parts, strict=True))  # type: ignore[return-value]
     return _cluster_group(x, k, weights, restarts, max_iter, tol, generator, subsample, refine,
-                          refine_tol)  # fmt: skip
+                          polish_tol)  # fmt: skip
 
 
 def _cluster_group(
@@ -238,7 +238,7 @@ def _cluster_group(
     generator: torch.Generator,
     subsample: int,
     refine: int,
-    refine_tol: float | None,
+    polish_tol: float | None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """`cluster_vector` of one group of blocks, drawing from `generator`."""
     g, n, _ = x.shape
@@ -253,9 +253,9 @@ def _cluster_group(
     if sample is not None:
         keep = min(refine, restarts)
         centroids = centroids[_best_per_block(inertia, g, keep)]
-        final_tol = tol / 10 if refine_tol is None else refine_tol
-        centroids, codes, inertia = lloyd(x, weights, centroids, max_iter, final_tol)
+        centroids, codes, inertia = lloyd(x, weights, centroids, max_iter, tol)
     best = _best_per_block(inertia, g, 1)
-    lut, codes, inertia = centroids[best], codes[best], inertia[best]
+    polish = tol / 10 if polish_tol is None else polish_tol
+    lut, codes, inertia = lloyd(x, weights, centroids[best], max_iter, polish)
     lut, codes = _sorted_lut(lut, codes)
     return lut, codes, inertia
