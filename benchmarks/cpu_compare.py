@@ -142,14 +142,19 @@ def run(cases: list[str], calls: int, load: int) -> list[dict]:
     return rows
 
 
+def seconds(value: float) -> str:
+    """A time for the table: milliseconds below 0.1 s (small layers take a few), else s."""
+    return f"{value * 1000:.1f} ms" if value < 0.1 else f"{value:.2f} s"
+
+
 def line(row: dict, load: int) -> str:
     ours, ref = row["ours"]["seconds"], row["reference"]["seconds"]
     warm = statistics.median(ours[1:]) if len(ours) > 1 else float("nan")
     warm_ref = statistics.median(ref[1:]) if len(ref) > 1 else float("nan")
     mse = row["ours"]["squared_error"] / max(row["reference"]["squared_error"], 1e-300)
     return (
-        f"| {row['case']} | {load} | {ours[0]:.2f} s | {ref[0]:.2f} s "
-        f"| **{ref[0] / ours[0]:.2f}x** | {warm:.2f} s | {warm_ref:.2f} s "
+        f"| {row['case']} | {load} | {seconds(ours[0])} | {seconds(ref[0])} "
+        f"| **{ref[0] / ours[0]:.2f}x** | {seconds(warm)} | {seconds(warm_ref)} "
         f"| {warm_ref / warm:.2f}x | {mse:.4f} |"
     )
 
