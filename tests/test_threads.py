@@ -48,3 +48,35 @@ def test_results_are_independent_of_the_thread_count(spec, fast):
     assert one.keys() == two.keys()
     for name in one:
         assert torch.equal(one[name], two[name]), name  # exact: LUTs, indices, scales
+
+
+def test_the_host_vector_engine_runs_on_one_thread_and_restores_the_count(monkeypatch):
+    """No oversubscription: the host Lloyd loop (small torch ops around the C step) runs on
+    one torch thread, and the caller's thread count comes back, also after an error."""
+    from coreai_opt_gpu.engine import vector
+
+    seen = []
+    real = vector.ops.assign_update
+
+    def spy(*args):
+        seen.append(torch.get_num_threads())
+        return real(*args)
+
+    monkeypatch.setattr(vector.ops, "assign_update", spy)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        x = torch.randn(2, 300, 2)
+        vector.cluster_vector(x, 4, seed=0)
+        assert seen and set(seen) == {1}
+        assert torch.get_num_threads() == 2
+
+        def fail(*args):
+            raise RuntimeError("boom")
+
+        monkeypatch.setattr(vector.ops, "assign_update", fail)
+        with pytest.raises(RuntimeError, match="boom"):
+            vector.cluster_vector(x, 4, seed=0)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(previous)
