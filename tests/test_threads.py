@@ -1,6 +1,8 @@
 """Results do not depend on the number of torch intra-op threads (issue 14): the same
 prepare under 1 and 2 threads gives the same LUTs and indices, scalar and vector."""
 
+import threading
+
 import pytest
 import torch
 from torch import nn
@@ -80,3 +82,78 @@ def test_the_host_vector_engine_runs_on_one_thread_and_restores_the_count(monkey
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(previous)
+
+
+class GlobalCount:
+    """torch's thread count kept process-wide."""
+
+    def __init__(self):
+        self.value = 2
+
+    def get(self):
+        return self.value
+
+    def set(self, value):
+        self.value = value
+
+
+class PerThreadCount(GlobalCount):
+    """torch's thread count kept per thread (OpenMP's after a thread's first use)."""
+
+    def __init__(self):
+        self.values = threading.local()
+
+    def get(self):
+        return getattr(self.values, "value", 2)
+
+    def set(self, value):
+        self.values.value = value
+
+
+@pytest.mark.parametrize("count_cls", [GlobalCount, PerThreadCount], ids=["global", "per-thread"])
+def test_overlapping_host_vector_calls_leave_every_threads_count(count_cls, monkeypatch):
+    """Two threads clustering at once, forced to overlap (both inside before either leaves,
+    the first to enter leaving first): every thread, and the main one, ends with the count it
+    had (2), whether torch keeps the count process-wide or per thread."""
+    from coreai_opt_gpu.engine import vector
+
+    count = count_cls()
+    monkeypatch.setattr(torch, "get_num_threads", count.get)
+    monkeypatch.setattr(torch, "set_num_threads", count.set)
+    inside = threading.Barrier(2, timeout=30)
+    first_done = threading.Event()
+    entered, finals, errors = set(), {}, []
+    real = vector.ops.assign_update
+
+    def overlapping(*args):
+        name = threading.current_thread().name
+        if name not in entered:
+            entered.add(name)
+            inside.wait()  # both threads are inside their calls
+            if name == "second":
+                assert first_done.wait(30)  # leave after the first thread has left
+        return real(*args)
+
+    monkeypatch.setattr(vector.ops, "assign_update", overlapping)
+
+    def work():
+        name = threading.current_thread().name
+        try:
+            vector.cluster_vector(torch.randn(1, 500, 2), 4, seed=0)
+        except Exception as err:  # reported below
+            errors.append(err)
+        finally:
+            if name == "first":
+                first_done.set()
+        finals[name] = count.get()
+
+    first = threading.Thread(target=work, name="first")
+    first.start()
+    while "first" not in entered:  # the first is inside before the second starts
+        threading.Event().wait(0.001)
+    second = threading.Thread(target=work, name="second")
+    second.start()
+    first.join()
+    second.join()
+    assert not errors
+    assert finals == {"first": 2, "second": 2} and count.get() == 2

@@ -12,6 +12,7 @@ seeded by `seed` (or, when None, by torch's global RNG), so results are reproduc
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -239,22 +240,39 @@ def cluster_vector(
     return tuple(torch.cat(column) for column in zip(*parts, strict=True))  # type: ignore[return-value]
 
 
+_THREADS_LOCK = threading.Lock()
+_threads_owner: list[int | None] = [None]  # the thread whose call set one torch thread
+
+
 @contextmanager
 def one_torch_thread_on_host(device: torch.device) -> Iterator[None]:
-    """Run torch's CPU ops on one intra-op thread meanwhile (restored after), when the blocks
-    are on the host. The host Lloyd loop is many small torch ops around the single-threaded C
-    step: on the 2-core VM beside two busy processes, a 1024x1024 layer took 1.9-8.3 s with
-    torch's two threads (spin-waiting on each other) and 0.8-1.2 s with one, and idle the
-    same with either (0.53-0.73 s)."""
+    """Run torch's CPU ops on one intra-op thread meanwhile, when the blocks are on the host.
+    The host Lloyd loop is many small torch ops around the single-threaded C step: on the
+    2-core VM beside two busy processes, a 1024x1024 layer took 1.9-8.3 s with torch's two
+    threads (spin-waiting on each other) and 0.8-1.2 s with one, and idle the same with
+    either (0.53-0.73 s).
+
+    Only a call that finds no other inside sets the count, and it restores what it found when
+    it leaves; calls overlapping it from other threads leave the count alone. So the count
+    comes back right whether torch keeps it per thread (OpenMP after a thread's first use)
+    or process-wide: a second call saving the first's 1 and restoring it last would leave 1.
+    """
     if device.type != "cpu":
         yield
         return
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+    with _THREADS_LOCK:
+        mine = _threads_owner[0] is None
+        if mine:
+            saved = torch.get_num_threads()
+            torch.set_num_threads(1)
+            _threads_owner[0] = threading.get_ident()
     try:
         yield
     finally:
-        torch.set_num_threads(threads)
+        if mine:
+            with _THREADS_LOCK:
+                torch.set_num_threads(saved)
+                _threads_owner[0] = None
 
 
 def _cluster_group(
