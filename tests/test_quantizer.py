@@ -8,6 +8,8 @@ float32 operations); model outputs after finalize are exact against the prepared
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -467,11 +469,44 @@ def test_eager_module_boundary_specs():
     quantizers = model[0].activation_quantizers
     assert quantizers.inputs["0"].dtype == torch.uint8 and quantizers.output.dtype == torch.int8
     assert not hasattr(model[1], "activation_quantizers")  # w8: weights only
+    with torch.no_grad():  # the hooks run: model[0]'s output lies on its int8 grid
+        x = torch.randn(4, 8)
+        out = model[0](x)
+        scale, zero_point, *_ = quantizers.output.calculate_qparams()
+        codes = out / scale + (0 if zero_point is None else zero_point)
+        torch.testing.assert_close(codes, codes.round(), rtol=0, atol=1e-3)
+        plain = model[0][1](model[0][0](x))
+        assert not torch.allclose(out, plain, rtol=0, atol=1e-6)  # not the float output
     with pytest.raises(ValueError, match="by position"):
         star = ModuleQuantizerConfig(module_input_spec={"*": uint8})
         Quantizer(
             nn.Sequential(nn.Linear(2, 2)), eager(QuantizerConfig().set_module_name("0", star))
         ).prepare((torch.randn(1, 2),))
+
+
+def test_eager_specs_it_cannot_place_warn_naming_them():
+    """Keys eager mode has nowhere to put (a second module output, a Linear's input 1) warn,
+    naming the site and the keys, instead of being dropped silently (op outputs other than 0
+    are refused in both modes already)."""
+    cases = [
+        (ModuleQuantizerConfig(module_output_spec={0: INT8, 1: INT8}),
+         r"module_output_spec of '0': keys \[1\] are not applied in eager mode"),
+        (ModuleQuantizerConfig(op_input_spec={0: INT8, 1: INT8}),
+         r"op_input_spec of 0\.linear: keys \[1\] .*nn\.Linear quantizes its inputs at "
+         r"positions 0"),
+    ]  # fmt: skip
+    for module_config, message in cases:
+        model = nn.Sequential(nn.Linear(8, 8)).eval()
+        config = QuantizerConfig().set_module_name("0", module_config)
+        with pytest.warns(UserWarning, match=message):
+            Quantizer(model, eager(config)).prepare((torch.randn(2, 8),))
+    with warnings.catch_warnings():  # what eager mode places: no warning
+        warnings.simplefilter("error")
+        model = nn.Sequential(nn.Linear(8, 8)).eval()
+        placed = ModuleQuantizerConfig(op_input_spec={0: INT8}, op_output_spec={0: INT8})
+        Quantizer(model, eager(QuantizerConfig().set_module_name("0", placed))).prepare(
+            (torch.randn(2, 8),)
+        )
 
 
 def test_forward_reads_its_toggles_only_when_they_change():

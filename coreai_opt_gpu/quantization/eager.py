@@ -18,6 +18,7 @@ The model stays an `nn.Module`. Which tensors get which spec, by the palettizer'
 from __future__ import annotations
 
 import re
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -64,6 +65,20 @@ def _lookup(specs: Any, key: Any) -> Any:
     if key in specs:
         return specs[key]
     return specs.get("*", _NOT_FOUND)
+
+
+def _warn_unplaced(specs: Any, placed: tuple[int, ...], where: str, why: str) -> None:
+    """Warn for the specs (not None) of keys other than `placed` and "*": eager mode has
+    nowhere to put them (graph mode places every position)."""
+    unplaced = [key for key, spec in (specs or {}).items()
+                if spec is not None and key != "*" and key not in placed]  # fmt: skip
+    if unplaced:
+        warnings.warn(
+            f"{where}: keys {unplaced} are not applied in eager mode ({why}); use graph mode "
+            f"(execution_mode='graph') to quantize them",
+            UserWarning,
+            stacklevel=4,
+        )
 
 
 def weight_axis_resolved(spec: QuantizationSpec, op_type: str, name: str) -> QuantizationSpec:
@@ -225,6 +240,10 @@ class EagerQuantizer:
             )
         quantizers = self._quantizers(module)
         positions = (0, 1, 2) if isinstance(module, nn.MultiheadAttention) else (0,)
+        kind = next(c.__name__ for c in ACTIVATION_MODULES if isinstance(module, c))
+        _warn_unplaced(inputs, positions, f"op_input_spec of {call.op_name}",
+                       f"nn.{kind} quantizes its inputs at positions "
+                       f"{', '.join(map(str, positions))}")  # fmt: skip
         for position in positions:
             if isinstance(module, nn.Embedding):
                 break  # integer indices
@@ -257,6 +276,8 @@ class EagerQuantizer:
                 f"module_input_spec['*'] of {name!r}: eager mode quantizes module inputs by "
                 f"position; give the positions (0, 1, ...)"
             )
+        _warn_unplaced(config.module_output_spec, (0,), f"module_output_spec of {name!r}",
+                       "eager mode quantizes a module's first output only")  # fmt: skip
         spec = _lookup(config.module_output_spec, 0)
         if spec is not _NOT_FOUND:
             quantizers.output = (
