@@ -142,7 +142,7 @@ def dp_layer(
     return cur, opt
 
 
-MAX_VECTOR_DIM = 8  # vector_step.c's widest specialization (the twin runs wider vectors)
+MAX_VECTOR_DIM = 8  # vector_step.c's tile buffers (MAX_D); numpy runs wider vectors
 
 
 def vector_step(
